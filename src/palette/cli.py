@@ -1,0 +1,192 @@
+"""The ``palette`` command: a thin layer of flags over the Python functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import PaletteError
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines that do not tear progress bars."""
+
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s" if verbose else "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("palette").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _add_run_file_log(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def cmd_presets(args) -> int:
+    from .config import PRESETS, preset
+    from .unet import count_parameters
+
+    rows = [("preset", "image", "channels", "res blocks", "attention at", "head ch", "batch", "params")]
+    for name in PRESETS:
+        m = preset(name).model
+        layout = f"{m.base_channels} x ({','.join(map(str, m.channel_mult))})"
+        attention = ",".join(map(str, m.attention_resolutions))
+        rows.append((name, f"{m.image_size}x{m.image_size}", layout, str(m.num_res_blocks), attention,
+                     str(m.head_channels), str(preset(name).train.batch_size), f"{count_parameters(m) / 1e6:.1f}M"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def _train_config(args):
+    from .config import Config, apply_overrides, preset
+
+    run_dir = Path(args.out)
+    flags = {
+        "task.name": args.task, "data.path": args.data, "model.image_size": args.image_size,
+        "train.batch_size": args.batch_size, "train.steps": args.steps, "diffusion.loss": args.loss,
+        "diffusion.objective": args.objective, "train.device": args.device, "train.seed": args.seed,
+        "data.num_workers": args.workers,
+    }
+    if args.resume and (run_dir / "config.yaml").is_file():
+        base = Config.load(run_dir / "config.yaml")
+        if args.preset is not None and args.preset != base.preset:
+            raise PaletteError(f"--preset {args.preset}: {run_dir} was trained with preset {base.preset}")
+    else:
+        base = preset(args.preset or "small")
+        if args.task is None:
+            raise PaletteError("--task is required: colorization, inpainting, uncropping, jpeg or multi")
+        if args.data is None:
+            raise PaletteError("--data is required: a folder of images or a text file listing image paths")
+    given = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return apply_overrides(base, given + list(args.overrides))
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    config = _train_config(args)
+    config.validate()
+    _add_run_file_log(Path(args.out))
+    last = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    print(f"last checkpoint: {last}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .sampling import input_files, load_model, sample_files
+
+    if args.num_samples < 1:
+        raise PaletteError(f"--num-samples must be at least 1, got {args.num_samples}")
+    model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
+    written = sample_files(
+        model, args.task, input_files(args.input), Path(args.out), num_samples=args.num_samples, steps=args.steps,
+        seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
+    )
+    print(f"wrote {len(written)} sample(s) to {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    sheets = run_demo(Path(args.out), steps=args.steps, sample_steps=args.sample_steps, num_samples=args.num_samples,
+                      device=args.device, overrides=args.overrides, progress=not args.no_progress)
+    for sheet in sheets:
+        print(sheet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .masks import MASK_NAMES
+    from .tasks import TASK_NAMES
+
+    parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
+    parser.add_argument("--verbose", action="store_true", help="more detailed logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("presets", help="list the network presets with their parameter counts")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("train", help="train a model on a folder or list of images")
+    p.add_argument("--task", choices=(*TASK_NAMES, "multi"))
+    p.add_argument("--data", help="folder of images (recursive) or text file listing image paths")
+    p.add_argument("--out", required=True, help="run folder: config, checkpoints, logs, sample sheets")
+    p.add_argument("--preset", help="tiny, small (default), base or paper; see `palette presets`")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, help="total optimisation steps of the run")
+    p.add_argument("--loss", choices=("l2", "l1"))
+    p.add_argument("--objective", choices=("diffusion", "regression"))
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data loading processes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any config value, e.g. train.lr=2e-4")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample a trained model on image files")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--input", required=True, help="an image file or a folder of images")
+    p.add_argument("--mask", help=f"inpainting mask file (white = fill) or a name: {', '.join(MASK_NAMES)}")
+    p.add_argument("--side", default="right", choices=("left", "right", "top", "bottom", "all"),
+                   help="uncropping: the side to extend (default right, the paper's evaluation)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's diffusion.sample_steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="images sampled at once")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="train a tiny model on bundled photos and write one sheet per task")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--sample-steps", type=int, default=250)
+    p.add_argument("--num-samples", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except PaletteError as err:
+        print(f"palette {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint written is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Configuration: a handful of plain values in nested dataclasses, presets, and ``key=value`` overrides.
+
+A run's resolved configuration is saved as YAML in its folder and as JSON in the metadata of every weights file, so
+a checkpoint alone is enough to rebuild its network, schedules and task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, ScheduleConfig
+from .errors import PaletteError
+from .tasks import MULTI_TASK_DEFAULT, TASK_NAMES
+from .unet import UNetConfig
+
+
+@dataclass
+class DiffusionConfig:
+    train_schedule: ScheduleConfig = TRAINING_SCHEDULE
+    inference_schedule: ScheduleConfig = INFERENCE_SCHEDULE
+    sample_steps: int = 1000  # the inference schedule respaced to this many steps (1000: the paper's sampler)
+    clip_denoised: bool = True
+    loss: str = "l2"  # l2 (the paper) or l1 (its ablation)
+    objective: str = "diffusion"  # diffusion, or regression: the paper's baseline mapping x to y with L2
+
+
+@dataclass
+class TaskConfig:
+    name: str = "inpainting"  # colorization, inpainting, uncropping, jpeg or multi
+    tasks: tuple[str, ...] = MULTI_TASK_DEFAULT  # what ``multi`` mixes
+    weights: tuple[float, ...] = ()  # ``multi``'s mixing weights, one per task (empty: uniform)
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    crop_scale_min: float = 1.0  # 1.0: the paper's largest square crop; < 1: random square crops down to this side
+    flip: bool = True
+    num_workers: int = 1
+    max_bad_fraction: float = 0.01  # stop when more files than this cannot be read
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1_000_000
+    batch_size: int = 1024
+    lr: float = 1e-4
+    warmup_steps: int = 10_000
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)): lets short runs use their EMA early
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 5000
+    sample_every: int = 5000  # sample sheets (0: never)
+    sheet_images: int = 4
+    sheet_samples: int = 2
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    channels_last: bool = True  # memory layout of convolutions: faster on CPUs and on tensor-core GPUs
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "paper"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return _build(cls, d, "")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+
+    def validate(self) -> None:
+        """Raise PaletteError for values that cannot work together."""
+        if self.task.name not in (*TASK_NAMES, "multi"):
+            raise PaletteError(f"unknown task {self.task.name!r}: choose one of {', '.join((*TASK_NAMES, 'multi'))}")
+        for t in self.task.tasks:
+            if t not in TASK_NAMES:
+                raise PaletteError(f"unknown task {t!r} in task.tasks: choose from {', '.join(TASK_NAMES)}")
+        if self.diffusion.loss not in ("l1", "l2"):
+            raise PaletteError(f"--loss must be l2 or l1, got {self.diffusion.loss!r}")
+        if self.diffusion.objective not in ("diffusion", "regression"):
+            raise PaletteError(f"--objective must be diffusion or regression, got {self.diffusion.objective!r}")
+        levels = len(self.model.channel_mult) - 1
+        if self.model.image_size % 2**levels:
+            raise PaletteError(
+                f"--image-size {self.model.image_size} must be divisible by {2**levels} for a network with "
+                f"{levels + 1} resolution levels (model.channel_mult={list(self.model.channel_mult)})"
+            )
+        if self.train.batch_size < 1 or self.train.steps < 1:
+            raise PaletteError("--batch-size and --steps must be at least 1")
+        if not 0 < self.data.crop_scale_min <= 1:
+            raise PaletteError(f"data.crop_scale_min must be in (0, 1], got {self.data.crop_scale_min}")
+        if not 1 <= self.diffusion.sample_steps <= self.diffusion.inference_schedule.steps:
+            raise PaletteError(
+                f"diffusion.sample_steps must be between 1 and {self.diffusion.inference_schedule.steps}, "
+                f"got {self.diffusion.sample_steps}"
+            )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise PaletteError(f"config section {where or '(top)'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise PaletteError(f"unknown config key {where + key!r}; known keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(_prototype(cls, fields[key]), value, where + key)
+    return cls(**kwargs)
+
+
+def _prototype(cls, f: dataclasses.Field) -> Any:
+    """A value of the field's type: its default, or the type's zero for a required field."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return typing.get_type_hints(cls)[f.name]()
+
+
+def _coerce(default: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(default):
+        if isinstance(value, (list, tuple)) and isinstance(default, ScheduleConfig):
+            value = dict(zip(("beta_start", "beta_end", "steps"), value))
+        return _build(type(default), value, key + ".")
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = default[0] if default else None
+        return tuple(_coerce(inner, v, key) if inner is not None else _scalar(v) for v in value)
+    if value is None:
+        return None
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise PaletteError(f"{key} must be true or false, got {value!r}")
+    try:
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise PaletteError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
+    return value
+
+
+def _scalar(text: Any) -> Any:
+    return yaml.safe_load(text) if isinstance(text, str) else text
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (``train.lr=3e-4``, ``model.attention_resolutions=16,8``)."""
+    data = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise PaletteError(f"override {item!r} is not of the form key=value (e.g. train.lr=3e-4)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise PaletteError(f"unknown config key {key!r} in override {item!r}")
+            node = node[part]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise PaletteError(f"unknown config key {key!r} in override {item!r}")
+        node[parts[-1]] = _scalar(text)
+    return Config.from_dict(data)
+
+
+# Each preset overrides the defaults above (the paper's recipe). tiny and small are sized to train on a 2-core CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "model": dict(image_size=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                      attention_resolutions=(8,), head_channels=32),
+        "train": dict(batch_size=16, steps=2000, lr=5e-4, warmup_steps=100, ema_decay=0.999, ema_warmup=True,
+                      log_every=25, checkpoint_every=500, sample_every=500),
+        "diffusion": dict(sample_steps=250),
+    },
+    "small": {
+        "model": dict(image_size=64, base_channels=32, channel_mult=(1, 2, 3, 4), num_res_blocks=1,
+                      attention_resolutions=(16, 8), head_channels=32),
+        "train": dict(batch_size=16, steps=20000, lr=2e-4, warmup_steps=500, ema_decay=0.999, ema_warmup=True,
+                      log_every=50, checkpoint_every=1000, sample_every=2000),
+        "diffusion": dict(sample_steps=250),
+    },
+    "base": {
+        "model": dict(image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+                      attention_resolutions=(32, 16, 8), head_channels=64),
+        "train": dict(batch_size=256),
+    },
+    "paper": {
+        "model": dict(image_size=256, base_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+                      attention_resolutions=(32, 16, 8), head_channels=64),
+        "train": dict(batch_size=1024, steps=1_000_000),
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """The configuration of a preset (``tiny``, ``small``, ``base`` or ``paper``)."""
+    if name not in PRESETS:
+        raise PaletteError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    data = Config(preset=name).to_dict()
+    for section, values in PRESETS[name].items():
+        data[section].update(_plain(values))
+    return Config.from_dict(data)

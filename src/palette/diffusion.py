@@ -1,0 +1,180 @@
+"""The diffusion maths of Palette (Saharia et al. 2022, with SR3's noise-level conditioning).
+
+Notation follows the paper: alpha_t = 1 - beta_t, gamma_t = prod_{s <= t} alpha_s, y_0 the clean target,
+x the source image, f(x, y_t, gamma) the network's estimate of the noise. Schedules are computed once in
+float64 and indexed 1..T through arrays of length T + 1 whose entry 0 is the noiseless level gamma_0 = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""f(x, y_t, gamma) -> predicted noise, the only thing a sampler knows of the network."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A linear beta schedule: beta_t = linspace(beta_start, beta_end, steps)[t - 1]."""
+
+    beta_start: float
+    beta_end: float
+    steps: int
+
+
+TRAINING_SCHEDULE = ScheduleConfig(1e-6, 0.01, 2000)
+INFERENCE_SCHEDULE = ScheduleConfig(1e-4, 0.09, 1000)
+
+
+class NoiseSchedule:
+    """gamma_t for t = 0..T (gamma_0 = 1) of a linear beta schedule, in float64."""
+
+    def __init__(self, config: ScheduleConfig):
+        if config.steps < 1:
+            raise ValueError(f"a schedule needs at least one step, got {config.steps}")
+        if not 0 < config.beta_start <= config.beta_end < 1:
+            raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {config}")
+        self.config = config
+        betas = np.linspace(config.beta_start, config.beta_end, config.steps, dtype=np.float64)
+        self.gammas = np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+
+    @property
+    def steps(self) -> int:
+        return self.config.steps
+
+    def respaced(self, steps: int) -> np.ndarray:
+        """``steps + 1`` levels gamma_{tau_0 = 0} > ... > gamma_{tau_N = T}, evenly spaced in t.
+
+        As in Nichol & Dhariwal's respacing: the sampler keeps the schedule's end points and takes
+        alpha_i = gamma_{tau_i} / gamma_{tau_{i-1}} for each step it keeps, so any N from 1 to T is valid.
+        """
+        if not 1 <= steps <= self.steps:
+            raise ValueError(f"steps must be between 1 and the schedule's {self.steps}, got {steps}")
+        taus = np.round(np.linspace(0, self.steps, steps + 1)).astype(np.int64)
+        return self.gammas[taus]
+
+
+def sample_gamma(schedule: NoiseSchedule, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SR3's piecewise-uniform noise levels: t ~ U{1..T}, then gamma ~ U(gamma_t, gamma_{t-1}).
+
+    The result has a continuous density, so the network sees every noise level of the schedule's range and can be
+    sampled later with any schedule and number of steps.
+    """
+    t = torch.randint(1, schedule.steps + 1, (batch,), generator=generator)
+    gammas = torch.from_numpy(schedule.gammas)
+    hi, lo = gammas[t - 1], gammas[t]
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    return (lo + u * (hi - lo)).float()
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def q_sample(y0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A draw from q(y_t | y_0) = N(sqrt(gamma) y_0, (1 - gamma) I): sqrt(gamma) y_0 + sqrt(1 - gamma) eps."""
+    return _expand(gamma.sqrt(), y0) * y0 + _expand((1 - gamma).sqrt(), y0) * noise
+
+
+def predict_y0(y_t: torch.Tensor, gamma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The inversion of q_sample: y0_hat = (y_t - sqrt(1 - gamma) eps) / sqrt(gamma)."""
+    return (y_t - _expand((1 - gamma).sqrt(), y_t) * eps) / _expand(gamma.sqrt(), y_t)
+
+
+def q_posterior(y0: torch.Tensor, y_t: torch.Tensor, gamma_t: torch.Tensor, gamma_prev: torch.Tensor):
+    """Mean and variance of q(y_{t-1} | y_t, y_0) for the step alpha_t = gamma_t / gamma_{t-1}.
+
+    mean = sqrt(gamma_{t-1}) beta_t / (1 - gamma_t) y_0 + sqrt(alpha_t) (1 - gamma_{t-1}) / (1 - gamma_t) y_t,
+    variance = (1 - gamma_{t-1}) / (1 - gamma_t) beta_t.
+    """
+    alpha = gamma_t / gamma_prev
+    beta = 1 - alpha
+    mean = (
+        _expand(gamma_prev.sqrt() * beta / (1 - gamma_t), y_t) * y0
+        + _expand(alpha.sqrt() * (1 - gamma_prev) / (1 - gamma_t), y_t) * y_t
+    )
+    variance = (1 - gamma_prev) / (1 - gamma_t) * beta
+    return mean, variance
+
+
+def diffusion_loss(
+    eps_hat: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor | None = None, p: int = 2
+) -> torch.Tensor:
+    """E || f(x, y_t, gamma) - eps ||_p^p, averaged over the pixels in ``mask`` (all pixels when None).
+
+    For inpainting and uncropping the mask covers the generated region only: the known pixels are not learnt.
+    ``mask`` is (B, 1, H, W) with 1 where the loss counts; each image's loss is its masked mean, then images are
+    averaged, so a small hole weighs as much as a large one.
+    """
+    err = (eps_hat - eps).abs() if p == 1 else (eps_hat - eps).square()
+    if mask is None:
+        return err.mean()
+    mask = mask.expand_as(err).to(err.dtype)
+    per_image = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+    return per_image.mean()
+
+
+def ancestral_sample(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    gammas: np.ndarray,
+    noise: torch.Tensor,
+    known: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    clip_denoised: bool = True,
+    callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """The paper's sampler: y_T ~ N(0, I), then for t = T..1
+
+        y_{t-1} = 1/sqrt(alpha_t) (y_t - (1 - alpha_t)/sqrt(1 - gamma_t) f(x, y_t, gamma_t)) + sqrt(1 - alpha_t) eps_t
+
+    written through the clipped estimate y0_hat (identical to the equation above when nothing is clipped):
+    y_{t-1} = posterior mean(y0_hat, y_t) + sqrt(1 - alpha_t) eps_t, with no noise added at the last step (DDPM).
+
+    ``gammas`` are the levels gamma_0 = 1 > gamma_1 > ... > gamma_N (e.g. :meth:`NoiseSchedule.respaced`);
+    ``noise`` is y_T. Where ``mask`` is 0 the sample keeps ``known`` exactly: the network sees the clean known
+    pixels in y_t (as in training) and the result is composited. ``callback(i, n, y_t, y0_hat)`` sees each step.
+    """
+    g = torch.from_numpy(np.asarray(gammas, dtype=np.float64))
+    n = len(g) - 1
+    y = noise
+    keep = None if mask is None else (1 - mask)
+    if keep is not None:
+        y = y * mask + known * keep
+    for i in range(n, 0, -1):
+        gamma_t, gamma_prev = g[i], g[i - 1]
+        level = torch.full((y.shape[0],), float(gamma_t), device=y.device)
+        eps = denoiser(x, y, level).float()
+        y0_hat = predict_y0(y.float(), _levels(gamma_t, y), eps)
+        if clip_denoised:
+            y0_hat = y0_hat.clamp(-1, 1)
+        mean, _ = q_posterior(y0_hat, y.float(), _levels(gamma_t, y), _levels(gamma_prev, y))
+        if i > 1:
+            alpha = float(gamma_t / gamma_prev)
+            y = mean + (1 - alpha) ** 0.5 * _randn_like(y, generator)
+        else:
+            y = mean
+        if keep is not None:
+            y = y * mask + known * keep
+        if callback is not None:
+            callback(n - i + 1, n, y, y0_hat)
+    return y
+
+
+def _levels(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((like.shape[0],), float(value), dtype=torch.float64, device=like.device)
+
+
+def _randn_like(y: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise drawn on each generator's device; with one generator per image, an image's noise does
+    not depend on the batch it is in."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(y.shape[1:], generator=g, device=g.device) for g in generator]).to(y)
+    if generator is None:
+        return torch.randn_like(y)
+    return torch.randn(y.shape, generator=generator, device=generator.device).to(y)

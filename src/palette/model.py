@@ -1,0 +1,88 @@
+"""A network and its diffusion: the training loss and the sampler of one Palette model.
+
+``PaletteModel`` joins a :class:`~palette.unet.UNet` with the schedules of a :class:`~palette.config.Config`. It knows
+(x, y, mask) tensors, not tasks or files: tasks build x, the trainer calls :meth:`training_loss`, and the sampling
+interfaces call :meth:`sample`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .config import Config
+from .diffusion import NoiseSchedule, ancestral_sample, diffusion_loss, q_sample, sample_gamma
+from .unet import UNet
+
+
+def per_image_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per image, so an image's sample does not depend on the batch it was drawn in."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+class PaletteModel(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.net = UNet(config.model)
+        self.train_schedule = NoiseSchedule(config.diffusion.train_schedule)
+        self.inference_schedule = NoiseSchedule(config.diffusion.inference_schedule)
+
+    @property
+    def regression(self) -> bool:
+        return self.config.diffusion.objective == "regression"
+
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The paper's objective E || f(x, sqrt(gamma) y + sqrt(1 - gamma) eps, gamma) - eps ||_p^p over the mask.
+
+        The pixels outside the mask are known: y_t holds them clean, as at sampling time, and they are not learnt.
+        The regression baseline instead learns f(x, 0, 1) = y with L2 under the mask.
+        """
+        b = y.shape[0]
+        if self.regression:
+            y_hat = self.net(x, torch.zeros_like(y), torch.ones(b, device=y.device))
+            return diffusion_loss(y_hat.float(), y.float(), mask, p=2)
+        gamma = sample_gamma(self.train_schedule, b, generator).to(y.device)
+        eps = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+        y_t = q_sample(y, gamma, eps)
+        y_t = y_t * mask + y * (1 - mask)
+        eps_hat = self.net(x, y_t, gamma)
+        return diffusion_loss(eps_hat.float(), eps.float(), mask, p=1 if self.config.diffusion.loss == "l1" else 2)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        steps: int | None = None,
+        seeds: Sequence[int] | None = None,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Samples y ~ p(y | x) in [-1, 1] with the paper's ancestral sampler over ``steps`` respaced steps.
+
+        ``mask`` (B, 1, H, W) is 1 where the model generates; elsewhere the result is ``known`` exactly.
+        ``seeds`` gives each image its own generator (default: 0, 1, ...); the same seed gives the same image.
+        """
+        steps = steps or self.config.diffusion.sample_steps
+        seeds = list(range(x.shape[0])) if seeds is None else list(seeds)
+        if len(seeds) != x.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]}")
+        if mask is not None and known is None:
+            raise ValueError("a mask needs the known image")
+        shape = (x.shape[0], self.config.model.channels, *x.shape[2:])
+        if self.regression:
+            y = self.net(x, torch.zeros(shape, device=x.device), torch.ones(shape[0], device=x.device)).float()
+            y = y.clamp(-1, 1)
+            return y if mask is None else y * mask + known * (1 - mask)
+        generators = per_image_generators(seeds)
+        noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(x.device)
+        gammas = self.inference_schedule.respaced(steps)
+        return ancestral_sample(
+            self.net, x, gammas, noise, known=known, mask=mask, generator=generators,
+            clip_denoised=self.config.diffusion.clip_denoised, callback=callback,
+        )

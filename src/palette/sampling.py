@@ -1,0 +1,210 @@
+"""Sampling a trained model on image files: what ``palette sample`` does.
+
+Each input is resized to the model's size, sampled, and the samples are resized back to the input's size. For
+inpainting and uncropping the known pixels of the output come from the input file at full resolution; only the hole
+is generated. Each input's randomness depends on (seed, sample index) alone, not on the other files of a folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import checkpoint as ckpt
+from . import masks as M
+from .data import IMAGE_EXTENSIONS, load_image, resize
+from .errors import PaletteError
+from .model import PaletteModel
+from .sheets import to_pil
+from .tasks import TASK_NAMES, make_task, sample_tasks
+from .train import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def load_model(path: str | Path, device: str | torch.device = "auto", use_ema: bool = True) -> PaletteModel:
+    """A model from a run folder, a checkpoint folder or a weights file (EMA weights by default)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    weights = ckpt.resolve_weights(path, use_ema)
+    tensors, metadata = ckpt.read_weights(weights)
+    config = ckpt.config_of(metadata, weights)
+    model = PaletteModel(config)
+    try:
+        model.net.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise PaletteError(f"checkpoint {weights} does not match its own config: {str(err)[:300]}") from None
+    return model.to(device).eval()
+
+
+def check_task(model: PaletteModel, task: str, where: str = "checkpoint") -> None:
+    if task not in TASK_NAMES:
+        raise PaletteError(f"unknown task {task!r}: choose one of {', '.join(TASK_NAMES)}")
+    can = sample_tasks(model.config.task.name, model.config.task.tasks)
+    if task not in can:
+        raise PaletteError(f"the {where} was trained for {model.config.task.name} ({', '.join(can)}); it cannot do {task}")
+
+
+def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A mask file (white = generate) as a boolean array; a non-binary mask is thresholded at half with a warning."""
+    try:
+        with Image.open(path) as img:
+            gray = np.asarray(img.convert("L"))
+    except (OSError, ValueError) as err:
+        raise PaletteError(f"--mask {path}: cannot be read as an image ({err})") from None
+    h, w = size
+    if gray.shape != (h, w):
+        raise PaletteError(
+            f"--mask {path} is {gray.shape[1]}x{gray.shape[0]} but the image is {w}x{h}: the mask must have the "
+            "image's size"
+        )
+    if not np.isin(gray, (0, 255)).all():
+        log.warning("--mask %s is not binary (values other than 0 and 255): thresholded at 128", path)
+    return gray >= 128
+
+
+@dataclass
+class Condition:
+    """The model input of one image at model size, plus what is needed to put the output back at full size."""
+
+    original: torch.Tensor  # (C, H, W) in [-1, 1] at the file's size
+    x: torch.Tensor  # (C, S, S)
+    mask: torch.Tensor  # (1, S, S), 1 where generated
+    full_mask: torch.Tensor | None  # (1, H, W) for masked tasks
+    masked: bool
+
+
+def make_condition(
+    model: PaletteModel, task: str, image: torch.Tensor, rng: np.random.Generator,
+    mask: np.ndarray | str | None = None, side: str = "right",
+) -> Condition:
+    """Build x for ``task`` from ``image`` (C, H, W) in [0, 1] at any size."""
+    size = model.config.model.image_size
+    original = image * 2 - 1
+    small = resize(original, size)
+    t = make_task(task)
+    if not t.masked:
+        x, m = t.condition(small, rng)
+        return Condition(original, x, m, None, False)
+    h, w = image.shape[1:]
+    if task == "uncropping":
+        full = M.uncrop_mask(h, w, side)
+    elif mask is None:
+        raise PaletteError("inpainting needs --mask: a mask image (white = fill) or a name such as center, freeform-20-30")
+    elif isinstance(mask, str):
+        try:
+            full = M.named_mask(mask, h, w, rng)
+        except ValueError as err:
+            raise PaletteError(f"--mask {mask}: {err}") from None
+    else:
+        full = np.asarray(mask, dtype=bool)
+        if full.shape != (h, w):
+            raise PaletteError(f"the mask is {full.shape[1]}x{full.shape[0]} but the image is {w}x{h}")
+    full_t = torch.from_numpy(full.astype(np.float32))[None]
+    small_mask = (resize(full_t, size) > 0.5).float() if (h, w) != (size, size) else full_t
+    x, m = t.condition(small, rng, mask=small_mask[0].numpy().astype(bool))
+    return Condition(original, x, m, full_t, True)
+
+
+def finish(condition: Condition, sample: torch.Tensor) -> torch.Tensor:
+    """A sample back at the input's size; outside the mask the input's own pixels, exactly."""
+    h, w = condition.original.shape[1:]
+    out = resize(sample.cpu(), (h, w)).clamp(-1, 1)
+    if condition.masked:
+        out = out * condition.full_mask + condition.original * (1 - condition.full_mask)
+    return out
+
+
+def input_files(source: str | Path) -> list[Path]:
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise PaletteError(f"--input {source}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    raise PaletteError(f"--input {source}: no such file or folder")
+
+
+def save_image(image: torch.Tensor, path: Path) -> None:
+    to_pil(image).save(path)
+
+
+def sample_files(
+    model: PaletteModel,
+    task: str,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    num_samples: int = 1,
+    steps: int | None = None,
+    seed: int = 0,
+    mask: Path | str | None = None,
+    side: str = "right",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples."""
+    from tqdm.auto import tqdm
+
+    check_task(model, task)
+    if num_samples < 1:
+        raise PaletteError(f"--num-samples must be at least 1, got {num_samples}")
+    steps = steps or model.config.diffusion.sample_steps
+    limit = model.config.diffusion.inference_schedule.steps
+    if not 1 <= steps <= limit:
+        raise PaletteError(f"--steps must be between 1 and {limit} (the inference schedule's length), got {steps}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    channels = model.config.model.channels
+    device = next(model.parameters()).device
+    jobs = []  # (condition, stem, k)
+    for path in inputs:
+        try:
+            image = load_image(path, channels)
+        except (OSError, ValueError) as err:
+            raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
+        cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side)
+        save_image(finish_input(cond), out_dir / f"{path.stem}_input.png")
+        jobs.extend((cond, path.stem, k) for k in range(num_samples))
+    written = []
+    per_batch = max(1, batch_size)
+    total = -(-len(jobs) // per_batch) * steps
+    with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
+        for start in range(0, len(jobs), per_batch):
+            chunk = jobs[start : start + per_batch]
+            x = torch.stack([c.x for c, _, _ in chunk]).to(device)
+            masked = chunk[0][0].masked
+            m = torch.stack([c.mask for c, _, _ in chunk]).to(device) if masked else None
+            known = torch.stack([resize(c.original, model.config.model.image_size) for c, _, _ in chunk]).to(device) if masked else None
+            out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk],
+                               callback=lambda *a: bar.update(1))
+            for (cond, stem, k), y in zip(chunk, out):
+                target = out_dir / f"{stem}_{k}.png"
+                save_image(finish(cond, y), target)
+                written.append(target)
+    return written
+
+
+def finish_input(condition: Condition) -> torch.Tensor:
+    """The model input as a person should see it, at the input's size (holes grey)."""
+    if condition.masked:
+        return condition.original * (1 - condition.full_mask)
+    return resize(condition.x, tuple(condition.original.shape[1:]))
+
+
+def resolve_mask(mask: str | Path | None, image: torch.Tensor) -> np.ndarray | str | None:
+    """``--mask``: a mask image file of the image's size, or the name of a generated mask."""
+    if mask is None:
+        return None
+    if Path(mask).is_file():
+        return read_mask(Path(mask), tuple(image.shape[1:]))
+    name = str(mask)
+    if name in M.MASK_NAMES or name.startswith("freeform-"):
+        return name
+    raise PaletteError(f"--mask {mask}: no such file, and not a mask name ({', '.join(M.MASK_NAMES)})")
