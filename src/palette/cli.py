@@ -26,7 +26,8 @@ def _setup_logging(verbose: bool) -> None:
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s" if verbose else "%(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, (_TqdmHandler, logging.FileHandler))]
+    root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.getLogger("palette").setLevel(logging.DEBUG if verbose else logging.INFO)
 
@@ -164,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train a tiny model on bundled photos and write one sheet per task")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--sample-steps", type=int, default=250)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--sample-steps", type=int, default=200)
     p.add_argument("--num-samples", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

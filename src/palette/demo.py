@@ -57,7 +57,7 @@ def write_photos(folder: Path) -> tuple[list[Path], list[Path]]:
     return train, held
 
 
-def run_demo(out: Path, steps: int = 1500, sample_steps: int = 250, num_samples: int = 3, rows: int = 4,
+def run_demo(out: Path, steps: int = 1000, sample_steps: int = 200, num_samples: int = 3, rows: int = 4,
              device: str = "auto", overrides: list[str] | None = None, progress: bool = True) -> list[Path]:
     """Train the demo model into ``out/run`` (resuming if it is there) and write ``out/sheet_<task>.png``."""
     out = Path(out)

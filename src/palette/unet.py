@@ -57,7 +57,8 @@ def noise_level_embedding(gamma: torch.Tensor, dim: int, scale: float, max_perio
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, channels), channels)
+    """GroupNorm with ``groups`` groups (32 in ADM), or the largest divisor of the channels below it."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:

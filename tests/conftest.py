@@ -1,0 +1,57 @@
+"""Shared fixtures: small photos made from images inside installed wheels, and a micro network config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from palette.config import Config, apply_overrides, preset
+
+# A network small enough that a training step takes milliseconds on a CPU.
+MICRO = [
+    "model.image_size=16", "model.base_channels=16", "model.channel_mult=1,2", "model.num_res_blocks=1",
+    "model.attention_resolutions=8", "model.head_channels=16", "train.batch_size=4", "train.log_every=1",
+    "train.warmup_steps=2", "train.lr=1e-3", "train.sample_every=0", "train.checkpoint_every=1000",
+    "data.num_workers=0", "diffusion.sample_steps=4",
+]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.set_num_threads(1)  # tests run in parallel processes; one thread each keeps them from fighting
+    yield
+
+
+def micro_config(*overrides: str) -> Config:
+    return apply_overrides(preset("tiny"), MICRO + list(overrides))
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    return getattr(skimage.data, name)()
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """Four 40x48 RGB photos (astronaut, coffee, chelsea, rocket) as PNG files."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(_photo(name)).resize((48, 40), Image.BICUBIC).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, photo_dir) -> Path:
+    """A micro multi-task run (all four tasks) trained for a few steps."""
+    from palette.train import train
+
+    run = tmp_path_factory.mktemp("run")
+    config = micro_config(f"data.path={photo_dir}", "task.name=multi",
+                          "task.tasks=colorization,inpainting,uncropping,jpeg", "train.steps=3")
+    train(config, run, progress=False)
+    return run

@@ -1,0 +1,107 @@
+"""Checkpoints: safetensors round trip, atomic writes, no unpickling."""
+
+import pickle
+
+import pytest
+import torch
+
+from palette import checkpoint as ckpt
+from palette.errors import PaletteError
+from palette.model import PaletteModel
+from palette.sampling import load_model
+
+from conftest import micro_config
+
+
+def _write(run, step, config, fail=None):
+    model = PaletteModel(config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.net(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), torch.ones(1)).sum().backward()
+    opt.step()
+    return model, opt, ckpt.write_checkpoint(run, step, model.net.state_dict(), model.net.state_dict(),
+                                             opt.state_dict(), config, {"step": step})
+
+
+def test_round_trip_keeps_weights_config_and_optimizer(tmp_path):
+    config = micro_config("train.seed=5")
+    model, opt, folder = _write(tmp_path, 7, config)
+    tensors, meta = ckpt.read_weights(folder / "model.safetensors")
+    assert ckpt.config_of(meta, folder) == config and meta["step"] == "7"
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(tensors[k], v)
+    optimizer, training = ckpt.read_training_state(folder)
+    assert training == {"step": 7}
+    fresh = torch.optim.Adam(PaletteModel(config).parameters(), lr=1e-3)
+    fresh.load_state_dict(optimizer)
+    restored, original = fresh.state_dict()["state"], opt.state_dict()["state"]
+    assert restored.keys() == original.keys()
+    for index in original:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(restored[index][name], original[index][name])
+
+
+def test_resolve_weights_from_run_folder_checkpoint_folder_or_file(tmp_path):
+    config = micro_config()
+    _write(tmp_path, 1, config)
+    _, _, second = _write(tmp_path, 2, config)
+    assert ckpt.resolve_weights(tmp_path) == second / "ema.safetensors"
+    assert ckpt.resolve_weights(tmp_path, use_ema=False) == second / "model.safetensors"
+    assert ckpt.resolve_weights(second) == second / "ema.safetensors"
+    assert ckpt.resolve_weights(second / "model.safetensors") == second / "model.safetensors"
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    config = micro_config()
+    for step in (1, 2, 3):
+        _write(tmp_path, step, config)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-000000002", "step-000000003"]
+
+
+def test_a_write_that_dies_midway_leaves_the_last_checkpoint_loadable(tmp_path, monkeypatch):
+    config = micro_config()
+    _, _, good = _write(tmp_path, 1, config)
+    calls = {"n": 0}
+    real = ckpt.save_file
+
+    def dying_save(tensors, path, metadata=None):  # the state file of the second checkpoint never completes
+        calls["n"] += 1
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path, 2, config)
+    monkeypatch.setattr(ckpt, "save_file", real)
+    assert calls["n"] == 1
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []
+    load_model(tmp_path, "cpu")
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    config = micro_config()
+    _write(tmp_path, 1, config)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("unpickling during a checkpoint load")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    load_model(tmp_path, "cpu")
+    ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path))
+
+
+def test_a_pickle_file_is_refused_with_a_clear_error(tmp_path):
+    bad = tmp_path / "weights.safetensors"
+    torch.save({"w": torch.zeros(1)}, bad)  # a pickle archive under a safetensors name
+    with pytest.raises(PaletteError, match="not a readable safetensors file"):
+        load_model(bad, "cpu")
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(PaletteError, match="no complete checkpoint"):
+        load_model(tmp_path, "cpu")
+    with pytest.raises(PaletteError, match="no such file"):
+        load_model(tmp_path / "nope", "cpu")

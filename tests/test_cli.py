@@ -1,0 +1,178 @@
+"""The command line: every command, its outputs, and the errors a user gets instead of a traceback."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from palette.cli import main
+
+from conftest import MICRO
+
+MICRO_FLAGS = [o for o in MICRO if not o.startswith("model.image_size")]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_presets_table_lists_the_paper_network(capsys):
+    code, out, _ = run(capsys, "presets")
+    assert code == 0
+    paper = next(line for line in out.splitlines() if line.startswith("paper"))
+    assert "552.8M" in paper and "256x256" in paper and "32,16,8" in paper and "256 x (1,1,2,2,4,4)" in paper
+    assert all(name in out for name in ("tiny", "small", "base"))
+
+
+def test_the_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "palette", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "sample" in result.stdout and "train" in result.stdout
+
+
+def test_train_then_resume_then_sample_every_task(capsys, tmp_path, photo_dir):
+    run_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "train", "--task", "multi", "--data", photo_dir, "--out", run_dir, "--preset", "tiny",
+                       "--image-size", 16, "--steps", 2, "--no-progress", *MICRO_FLAGS,
+                       "task.tasks=colorization,inpainting,uncropping,jpeg")
+    assert code == 0 and "step-000000002" in out
+    code, out, _ = run(capsys, "train", "--out", run_dir, "--resume", "--steps", 3, "--no-progress")
+    assert code == 0 and "step-000000003" in out
+
+    photo = photo_dir / "coffee.png"
+    w, h = Image.open(photo).size
+    Image.open(photo).convert("RGB").save(tmp_path / "coffee.jpg", quality=10)
+    cases = {
+        "colorization": ["--input", photo],
+        "inpainting": ["--input", photo, "--mask", "center"],
+        "uncropping": ["--input", photo, "--side", "left"],
+        "jpeg": ["--input", tmp_path / "coffee.jpg"],
+    }
+    for task, extra in cases.items():
+        out_dir = tmp_path / task
+        code, _, err = run(capsys, "sample", "--checkpoint", run_dir, "--task", task, *extra, "--num-samples", 2,
+                           "--steps", 3, "--out", out_dir, "--no-progress")
+        assert code == 0, err
+        names = sorted(p.name for p in out_dir.iterdir())
+        assert names == ["coffee_0.png", "coffee_1.png", "coffee_input.png"]
+        assert all(Image.open(out_dir / n).size == (w, h) for n in names)
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    for task, side in (("inpainting", None), ("uncropping", "left")):
+        sample = np.asarray(Image.open(tmp_path / task / "coffee_0.png"))
+        keep = np.ones((h, w), bool)
+        if task == "inpainting":
+            keep[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = False
+        else:
+            keep[:, : w // 2] = False
+        assert np.array_equal(sample[keep], original[keep])  # known pixels are the input's, exactly
+
+
+def test_sample_is_reproducible_with_a_seed_and_varies_without(capsys, tmp_path, trained_run, photo_dir):
+    outs = []
+    for seed, name in ((1, "a"), (1, "b"), (2, "c")):
+        code, _, _ = run(capsys, "sample", "--checkpoint", trained_run, "--task", "inpainting", "--input",
+                         photo_dir / "rocket.png", "--mask", "freeform-20-30", "--steps", 3, "--seed", seed,
+                         "--out", tmp_path / name, "--no-progress")
+        assert code == 0
+        outs.append(np.asarray(Image.open(tmp_path / name / "rocket_0.png")))
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+
+
+def test_a_mask_file_white_means_fill(capsys, tmp_path, trained_run, photo_dir):
+    photo = photo_dir / "chelsea.png"
+    w, h = Image.open(photo).size
+    mask = np.zeros((h, w), np.uint8)
+    mask[5:15, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    code, _, err = run(capsys, "sample", "--checkpoint", trained_run, "--task", "inpainting", "--input", photo,
+                       "--mask", tmp_path / "mask.png", "--steps", 2, "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, err
+    out = np.asarray(Image.open(tmp_path / "o" / "chelsea_0.png"))
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    assert np.array_equal(out[mask == 0], original[mask == 0])
+
+
+def _expect_error(capsys, argv, *phrases):
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    for phrase in phrases:
+        assert phrase in err, err
+    assert "Traceback" not in err
+
+
+def test_errors_name_the_flag_and_what_to_do(capsys, tmp_path, trained_run, photo_dir):
+    photo = photo_dir / "coffee.png"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_error(capsys, ["train", "--task", "jpeg", "--data", tmp_path / "nowhere", "--out", tmp_path / "r"],
+                  "--data", "no such file")
+    _expect_error(capsys, ["train", "--task", "jpeg", "--data", empty, "--out", tmp_path / "r"],
+                  "--data", "holds no images")
+    _expect_error(capsys, ["train", "--task", "jpeg", "--data", photo_dir, "--out", tmp_path / "r", "--preset", "huge"],
+                  "unknown preset 'huge'")
+    _expect_error(capsys, ["train", "--out", trained_run, "--resume", "--image-size", 32, "--no-progress"],
+                  "image size 16", "--image-size")
+    _expect_error(capsys, ["sample", "--checkpoint", trained_run, "--task", "inpainting", "--input", photo,
+                           "--num-samples", 0, "--out", tmp_path / "o"], "--num-samples")
+    _expect_error(capsys, ["sample", "--checkpoint", tmp_path / "nowhere", "--task", "jpeg", "--input", photo,
+                           "--out", tmp_path / "o"], "--checkpoint", "no such file")
+    _expect_error(capsys, ["sample", "--checkpoint", trained_run, "--task", "inpainting", "--input", photo,
+                           "--out", tmp_path / "o"], "--mask")
+    _expect_error(capsys, ["sample", "--checkpoint", trained_run, "--task", "inpainting", "--input", photo,
+                           "--mask", "blob", "--out", tmp_path / "o"], "--mask blob")
+    _expect_error(capsys, ["sample", "--checkpoint", trained_run, "--task", "jpeg", "--input", photo,
+                           "--steps", 5000, "--out", tmp_path / "o"], "--steps")
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "small_mask.png")
+    _expect_error(capsys, ["sample", "--checkpoint", trained_run, "--task", "inpainting", "--input", photo,
+                           "--mask", tmp_path / "small_mask.png", "--out", tmp_path / "o"],
+                  "small_mask.png is 3x3 but the image is 48x40")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_an_absent_gpu_is_an_error(capsys, tmp_path, photo_dir):
+    _expect_error(capsys, ["train", "--task", "jpeg", "--data", photo_dir, "--out", tmp_path / "r",
+                           "--device", "cuda:0", "--preset", "tiny"], "--device cuda:0", "no CUDA GPU")
+    _expect_error(capsys, ["sample", "--checkpoint", tmp_path, "--task", "jpeg", "--input", photo_dir,
+                           "--device", "cuda", "--out", tmp_path / "o"], "--device cuda", "no CUDA GPU")
+
+
+def test_unknown_task_is_refused_by_the_parser(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--task", "deblur", "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "invalid choice: 'deblur'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_for_another_task_is_refused(capsys, tmp_path, photo_dir):
+    run_dir = tmp_path / "jpeg_run"
+    code, _, _ = run(capsys, "train", "--task", "jpeg", "--data", photo_dir, "--out", run_dir, "--preset", "tiny",
+                     "--image-size", 16, "--steps", 1, "--no-progress", *MICRO_FLAGS)
+    assert code == 0
+    _expect_error(capsys, ["sample", "--checkpoint", run_dir, "--task", "colorization", "--input",
+                           photo_dir / "coffee.png", "--out", tmp_path / "o"], "trained for jpeg", "colorization")
+
+
+def test_a_non_binary_mask_is_thresholded_with_a_warning(capsys, tmp_path, trained_run, photo_dir, caplog):
+    photo = photo_dir / "coffee.png"
+    w, h = Image.open(photo).size
+    ramp = np.tile(np.linspace(0, 255, w).astype(np.uint8), (h, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    code, _, _ = run(capsys, "sample", "--checkpoint", trained_run, "--task", "inpainting", "--input", photo,
+                     "--mask", tmp_path / "ramp.png", "--steps", 2, "--out", tmp_path / "o", "--no-progress")
+    assert code == 0 and "not binary" in caplog.text and "ramp.png" in caplog.text
+    out = np.asarray(Image.open(tmp_path / "o" / "coffee_0.png"))
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    assert np.array_equal(out[ramp < 128], original[ramp < 128])
+
+
+def test_demo_writes_one_sheet_per_task(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--out", tmp_path, "--steps", 2, "--sample-steps", 2, "--num-samples", 2,
+                         "--no-progress", "model.base_channels=16", "train.batch_size=4", "data.num_workers=0")
+    assert code == 0, err
+    for task in ("colorization", "inpainting", "uncropping", "jpeg"):
+        sheet = Image.open(tmp_path / f"sheet_{task}.png")
+        assert sheet.size[0] > 4 * 32  # input | 2 samples | truth
+    assert len(list((tmp_path / "photos" / "train").glob("*.png"))) == 8
+    assert len(list((tmp_path / "photos" / "held_out").glob("*.png"))) == 2

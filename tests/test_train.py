@@ -1,0 +1,169 @@
+"""Training: exact resume, NaN stop, warm-up, EMA, logs, and an overfit check of the whole pipeline."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from palette import checkpoint as ckpt
+from palette.errors import PaletteError
+from palette.model import PaletteModel
+from palette.train import Trainer, ema_decay, learning_rate, train
+
+from conftest import micro_config
+
+
+def _params(run):
+    tensors, _ = ckpt.read_weights(ckpt.resolve_weights(run, use_ema=False))
+    ema, _ = ckpt.read_weights(ckpt.resolve_weights(run, use_ema=True))
+    return tensors, ema
+
+
+@pytest.mark.parametrize("task", ["inpainting", "multi"])
+def test_resume_repeats_an_uninterrupted_run(tmp_path, photo_dir, task):
+    config = micro_config(f"data.path={photo_dir}", f"task.name={task}", "train.steps=6", "model.dropout=0.1")
+    train(config, tmp_path / "straight", progress=False)
+    half = micro_config(f"data.path={photo_dir}", f"task.name={task}", "train.steps=3", "model.dropout=0.1")
+    train(half, tmp_path / "resumed", progress=False)
+    train(config, tmp_path / "resumed", resume=True, progress=False)
+    (a, ea), (b, eb) = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=0)
+    assert ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / "resumed"))[1]["step"] == 6
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, photo_dir, monkeypatch):
+    config = micro_config(f"data.path={photo_dir}", "task.name=jpeg", "train.steps=6", "train.checkpoint_every=2")
+    trainer = Trainer(config, tmp_path, progress=False)
+    real = PaletteModel.training_loss
+
+    def exploding(self, *args, **kwargs):
+        loss = real(self, *args, **kwargs)
+        return loss * float("nan") if trainer.step == 3 else loss
+
+    monkeypatch.setattr(PaletteModel, "training_loss", exploding)
+    with pytest.raises(PaletteError, match=r"loss became nan at step 3(.|\n)*step-000000002"):
+        trainer.fit()
+    good = ckpt.latest_checkpoint(tmp_path)
+    assert good.name == "step-000000002"
+    tensors, _ = ckpt.read_weights(good / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_warm_up_is_linear_then_constant():
+    config = micro_config("train.lr=1e-3", "train.warmup_steps=10")
+    assert [learning_rate(config, s) for s in (0, 4, 9, 10, 500)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_ema_decay_is_the_configured_value_without_warm_up():
+    config = micro_config("train.ema_decay=0.9999", "train.ema_warmup=false")
+    assert ema_decay(config, 0) == 0.9999
+    warm = micro_config("train.ema_decay=0.9999", "train.ema_warmup=true")
+    assert ema_decay(warm, 0) == pytest.approx(0.1) and ema_decay(warm, 10**6) == 0.9999
+
+
+def test_ema_follows_its_update_rule(tmp_path, photo_dir):
+    config = micro_config(f"data.path={photo_dir}", "task.name=jpeg", "train.steps=1", "train.ema_decay=0.75",
+                          "train.ema_warmup=false")
+    trainer = Trainer(config, tmp_path, progress=False)
+    before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    trainer.fit()
+    after_model = trainer.model.net.state_dict()
+    for k, v in trainer.ema.state_dict().items():
+        torch.testing.assert_close(v, 0.75 * before[k] + 0.25 * after_model[k])
+
+
+def test_a_run_folder_holds_config_weights_state_logs_and_sheets(tmp_path, photo_dir):
+    config = micro_config(f"data.path={photo_dir}", "task.name=multi", "train.steps=2", "train.sample_every=2",
+                          "train.sheet_images=2", "train.sheet_samples=2")
+    train(config, tmp_path, progress=False)
+    assert (tmp_path / "config.yaml").is_file()
+    folder = ckpt.latest_checkpoint(tmp_path)
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "ema.safetensors", "state.safetensors"}
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    sheets = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert sheets == ["step0000002_colorization.png", "step0000002_inpainting.png", "step0000002_jpeg.png"]
+    w, h = Image.open(tmp_path / "samples" / sheets[0]).size
+    assert w > h  # input | 2 samples | truth in a row, 2 rows
+
+
+def test_tensorboard_logs_the_training_scalars(tmp_path, photo_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(micro_config(f"data.path={photo_dir}", "task.name=jpeg", "train.steps=2"), tmp_path, progress=False)
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec"} <= set(events.Tags()["scalars"])
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path, photo_dir):
+    config = micro_config(f"data.path={photo_dir}", "task.name=jpeg", "train.steps=1")
+    train(config, tmp_path, progress=False)
+    with pytest.raises(PaletteError, match="--resume"):
+        train(config, tmp_path, progress=False)
+
+
+def test_resuming_with_another_image_size_or_task_is_refused(tmp_path, photo_dir):
+    train(micro_config(f"data.path={photo_dir}", "task.name=jpeg", "train.steps=1"), tmp_path, progress=False)
+    with pytest.raises(PaletteError, match="image size 16"):
+        Trainer(micro_config(f"data.path={photo_dir}", "task.name=jpeg", "model.image_size=32"), tmp_path,
+                resume=True, progress=False)
+    with pytest.raises(PaletteError, match="different task"):
+        Trainer(micro_config(f"data.path={photo_dir}", "task.name=inpainting"), tmp_path, resume=True,
+                progress=False)
+
+
+def test_regression_baseline_trains_and_maps_x_to_y(tmp_path, photo_dir):
+    config = micro_config(f"data.path={photo_dir}", "task.name=colorization", "train.steps=2",
+                          "diffusion.objective=regression")
+    trainer = Trainer(config, tmp_path, progress=False)
+    trainer.fit()
+    model = PaletteModel(config)
+    model.net.load_state_dict(trainer.ema.state_dict())
+    x = torch.zeros(2, 3, 16, 16)
+    out = model.sample(x)
+    torch.testing.assert_close(out, model.net(x, torch.zeros_like(x), torch.ones(2)).clamp(-1, 1))
+
+
+def test_l1_loss_is_the_mean_absolute_error(photo_dir):
+    config = micro_config("diffusion.loss=l1")
+    model = PaletteModel(config)
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)  # f = 0, so the loss is E|eps|
+    y = torch.zeros(64, 3, 16, 16)
+    loss = model.training_loss(y, y, torch.ones(64, 1, 16, 16), torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(math.sqrt(2 / math.pi), rel=0.02)
+
+
+@pytest.mark.slow
+def test_a_tiny_model_overfits_two_images_and_the_sampler_reproduces_them(tmp_path):
+    import skimage.data
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()).resize((16, 16), Image.BICUBIC).save(folder / f"{name}.png")
+    config = micro_config(
+        f"data.path={folder}", "task.name=inpainting", "train.steps=400", "data.flip=false", "train.lr=2e-3",
+        "train.warmup_steps=10", "train.ema_decay=0.9", "model.base_channels=32", "train.batch_size=8",
+        "diffusion.sample_steps=50",
+    )
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    model = PaletteModel(config)
+    model.net.load_state_dict(trainer.ema.state_dict())
+    model.eval()
+    from palette.data import load_image
+    from palette.masks import center_mask
+
+    y = torch.stack([load_image(p) * 2 - 1 for p in sorted(folder.glob("*.png"))])
+    mask = torch.from_numpy(center_mask(16, 16).astype(np.float32))[None, None].expand(2, 1, 16, 16)
+    x = y * (1 - mask) + torch.randn(y.shape, generator=torch.Generator().manual_seed(0)) * mask
+    out = model.sample(x, mask, y, seeds=[0, 1])
+    hole = mask.expand_as(y).bool()
+    error = (out - y)[hole].square().mean().item()
+    baseline = (y[hole] - y[~hole].mean()).square().mean().item()  # fill the hole with the mean known colour
+    assert error < 0.25 * baseline
