@@ -147,8 +147,8 @@ def test_a_tiny_model_overfits_two_images_and_the_sampler_reproduces_them(tmp_pa
     for name in ("astronaut", "coffee"):
         Image.fromarray(getattr(skimage.data, name)()).resize((16, 16), Image.BICUBIC).save(folder / f"{name}.png")
     config = micro_config(
-        f"data.path={folder}", "task.name=inpainting", "train.steps=400", "data.flip=false", "train.lr=2e-3",
-        "train.warmup_steps=10", "train.ema_decay=0.9", "model.base_channels=32", "train.batch_size=8",
+        f"data.path={folder}", "task.name=inpainting", "train.steps=500", "data.flip=false", "train.lr=1e-3",
+        "train.warmup_steps=10", "train.ema_decay=0.9", "model.base_channels=32", "train.batch_size=16",
         "diffusion.sample_steps=50",
     )
     trainer = Trainer(config, tmp_path / "run", progress=False)
@@ -166,4 +166,4 @@ def test_a_tiny_model_overfits_two_images_and_the_sampler_reproduces_them(tmp_pa
     hole = mask.expand_as(y).bool()
     error = (out - y)[hole].square().mean().item()
     baseline = (y[hole] - y[~hole].mean()).square().mean().item()  # fill the hole with the mean known colour
-    assert error < 0.25 * baseline
+    assert error < 0.2 * baseline  # measured about 0.05 of the baseline when this test was written
