@@ -8,7 +8,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/palette: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 

@@ -176,3 +176,15 @@ def test_demo_writes_one_sheet_per_task(capsys, tmp_path):
         assert sheet.size[0] > 4 * 32  # input | 2 samples | truth
     assert len(list((tmp_path / "photos" / "train").glob("*.png"))) == 8
     assert len(list((tmp_path / "photos" / "held_out").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_colorization_takes_gray_or_colour_files_and_uses_the_luma(capsys, tmp_path, trained_run, photo_dir, mode):
+    source = tmp_path / f"in_{mode}.png"
+    Image.open(photo_dir / "astronaut.png").convert(mode).save(source)
+    code, _, err = run(capsys, "sample", "--checkpoint", trained_run, "--task", "colorization", "--input", source,
+                       "--steps", 2, "--out", tmp_path / mode, "--no-progress")
+    assert code == 0, err
+    shown = np.asarray(Image.open(tmp_path / mode / f"in_{mode}_input.png").convert("RGB")).astype(int)
+    assert np.abs(shown[..., 0] - shown[..., 1]).max() <= 1 and np.abs(shown[..., 1] - shown[..., 2]).max() <= 1
+    assert np.asarray(Image.open(tmp_path / mode / f"in_{mode}_0.png")).shape[2] == 3
