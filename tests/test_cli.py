@@ -188,3 +188,27 @@ def test_colorization_takes_gray_or_colour_files_and_uses_the_luma(capsys, tmp_p
     shown = np.asarray(Image.open(tmp_path / mode / f"in_{mode}_input.png").convert("RGB")).astype(int)
     assert np.abs(shown[..., 0] - shown[..., 1]).max() <= 1 and np.abs(shown[..., 1] - shown[..., 2]).max() <= 1
     assert np.asarray(Image.open(tmp_path / mode / f"in_{mode}_0.png")).shape[2] == 3
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m", "unipc"])
+def test_sample_with_a_fast_sampler_and_the_denoising_strip(capsys, tmp_path, trained_run, photo_dir, sampler):
+    code, _, err = run(capsys, "sample", "--checkpoint", trained_run, "--task", "uncropping", "--input",
+                       photo_dir / "rocket.png", "--sampler", sampler, "--steps", 4, "--save-process", 3,
+                       "--schedule", "training", "--out", tmp_path, "--no-progress")
+    assert code == 0, err
+    w, h = Image.open(photo_dir / "rocket.png").size
+    strip = Image.open(tmp_path / "rocket_0_process.png")
+    assert strip.size == (3 * 16, 16)  # three y0 estimates at the model's size
+    assert Image.open(tmp_path / "rocket_0.png").size == (w, h)
+
+
+def test_bad_sampling_flags_are_clear_errors(capsys, tmp_path, trained_run, photo_dir):
+    _expect_error(capsys, ["sample", "--checkpoint", trained_run, "--task", "jpeg", "--input", photo_dir / "coffee.png",
+                           "--steps", 0, "--out", tmp_path], "--steps must be between 1 and 1000")
+    _expect_error(capsys, ["sample", "--checkpoint", trained_run, "--task", "jpeg", "--input", photo_dir / "coffee.png",
+                           "--steps", 2001, "--schedule", "training", "--out", tmp_path],
+                  "--steps must be between 1 and 2000")
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", str(trained_run), "--task", "jpeg", "--input", str(photo_dir),
+              "--sampler", "euler", "--out", str(tmp_path)])
+    assert "invalid choice: 'euler'" in capsys.readouterr().err

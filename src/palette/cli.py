@@ -102,6 +102,7 @@ def cmd_sample(args) -> int:
     written = sample_files(
         model, args.task, input_files(args.input), Path(args.out), num_samples=args.num_samples, steps=args.steps,
         seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
+        sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
     )
     print(f"wrote {len(written)} sample(s) to {args.out}")
     return 0
@@ -110,8 +111,9 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    overrides = list(args.overrides) + ([f"diffusion.sampler={args.sampler}"] if args.sampler else [])
     sheets = run_demo(Path(args.out), steps=args.steps, sample_steps=args.sample_steps, num_samples=args.num_samples,
-                      device=args.device, overrides=args.overrides, progress=not args.no_progress)
+                      device=args.device, overrides=overrides, progress=not args.no_progress)
     for sheet in sheets:
         print(sheet)
     return 0
@@ -119,6 +121,7 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .masks import MASK_NAMES
+    from .samplers import SAMPLERS, SCHEDULES
     from .tasks import TASK_NAMES
 
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
@@ -154,7 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--side", default="right", choices=("left", "right", "top", "bottom", "all"),
                    help="uncropping: the side to extend (default right, the paper's evaluation)")
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's diffusion.sample_steps)")
+    p.add_argument("--steps", type=int, help="network evaluations per sample (default: diffusion.sample_steps)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="ancestral (the paper's), ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: diffusion.sampler)")
+    p.add_argument("--eta", type=float, help="DDIM's noise, 0 (deterministic) to 1")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
+    p.add_argument("--save-process", type=int, nargs="?", const=8, default=0, metavar="P",
+                   help="also write <stem>_<k>_process.png, the y0 estimates at P steps (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="images sampled at once")
     p.add_argument("--device", default="auto")
@@ -166,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a tiny model on bundled photos and write one sheet per task")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--sample-steps", type=int, default=200)
+    p.add_argument("--sample-steps", type=int, default=200, help="network evaluations per sample")
+    p.add_argument("--sampler", choices=SAMPLERS, help="default: the paper's ancestral sampler")
     p.add_argument("--num-samples", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

@@ -25,7 +25,10 @@ from .unet import UNetConfig
 class DiffusionConfig:
     train_schedule: ScheduleConfig = TRAINING_SCHEDULE
     inference_schedule: ScheduleConfig = INFERENCE_SCHEDULE
-    sample_steps: int = 1000  # the inference schedule respaced to this many steps (1000: the paper's sampler)
+    sample_steps: int = 1000  # network evaluations per sample (1000 with ancestral: the paper's sampler)
+    sampler: str = "ancestral"  # ancestral (the paper), ddim, dpmpp-2m, dpmpp-2m-sde or unipc
+    eta: float = 0.0  # DDIM's noise: 0 deterministic, 1 as much noise as the ancestral sampler
+    sample_schedule: str = "inference"  # inference: the paper's 1e-4..0.09; training: only the trained gamma range
     clip_denoised: bool = True
     loss: str = "l2"  # l2 (the paper) or l1 (its ablation)
     objective: str = "diffusion"  # diffusion, or regression: the paper's baseline mapping x to y with L2
@@ -116,11 +119,22 @@ class Config:
             raise PaletteError("--batch-size and --steps must be at least 1")
         if not 0 < self.data.crop_scale_min <= 1:
             raise PaletteError(f"data.crop_scale_min must be in (0, 1], got {self.data.crop_scale_min}")
-        if not 1 <= self.diffusion.sample_steps <= self.diffusion.inference_schedule.steps:
+        from .samplers import SAMPLERS, SCHEDULES
+
+        if self.diffusion.sampler not in SAMPLERS:
+            raise PaletteError(f"unknown sampler {self.diffusion.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.diffusion.sample_schedule not in SCHEDULES:
             raise PaletteError(
-                f"diffusion.sample_steps must be between 1 and {self.diffusion.inference_schedule.steps}, "
-                f"got {self.diffusion.sample_steps}"
+                f"unknown schedule {self.diffusion.sample_schedule!r}: choose one of {', '.join(SCHEDULES)}"
             )
+        limit = self.sampling_schedule().steps
+        if not 1 <= self.diffusion.sample_steps <= limit:
+            raise PaletteError(f"diffusion.sample_steps must be between 1 and {limit}, got {self.diffusion.sample_steps}")
+
+    def sampling_schedule(self) -> ScheduleConfig:
+        """The discrete schedule samplers walk: the paper's inference schedule, or the training schedule."""
+        d = self.diffusion
+        return d.inference_schedule if d.sample_schedule == "inference" else d.train_schedule
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import Config
 from .diffusion import NoiseSchedule, ancestral_sample, diffusion_loss, q_sample, sample_gamma
+from .samplers import SCHEDULES, check_sampler, make_scheduler, scheduler_sample
 from .unet import UNet
 
 
@@ -62,13 +63,30 @@ class PaletteModel(nn.Module):
         steps: int | None = None,
         seeds: Sequence[int] | None = None,
         callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        schedule: str | None = None,
     ) -> torch.Tensor:
-        """Samples y ~ p(y | x) in [-1, 1] with the paper's ancestral sampler over ``steps`` respaced steps.
+        """Samples y ~ p(y | x) in [-1, 1] with ``steps`` network evaluations.
 
+        ``sampler`` is ``ancestral`` (the paper's; its 1000-step schedule respaced to ``steps``), ``ddim``,
+        ``dpmpp-2m``, ``dpmpp-2m-sde`` or ``unipc``; ``schedule`` is ``inference`` (the paper's 1e-4..0.09) or
+        ``training`` (the trained gamma range). Unset arguments take the config's ``diffusion`` values.
         ``mask`` (B, 1, H, W) is 1 where the model generates; elsewhere the result is ``known`` exactly.
-        ``seeds`` gives each image its own generator (default: 0, 1, ...); the same seed gives the same image.
+        ``seeds`` gives each image its own generator (default: 0, 1, ...); the same seed gives the same image,
+        whatever else is in the batch.
         """
-        steps = steps or self.config.diffusion.sample_steps
+        d = self.config.diffusion
+        sampler = sampler or d.sampler
+        eta = d.eta if eta is None else eta
+        schedule = schedule or d.sample_schedule
+        steps = d.sample_steps if steps is None else steps
+        check_sampler(sampler)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        walk = self.inference_schedule if schedule == "inference" else self.train_schedule
+        if not 1 <= steps <= walk.steps:
+            raise ValueError(f"steps must be between 1 and the {schedule} schedule's {walk.steps}, got {steps}")
         seeds = list(range(x.shape[0])) if seeds is None else list(seeds)
         if len(seeds) != x.shape[0]:
             raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]}")
@@ -81,8 +99,12 @@ class PaletteModel(nn.Module):
             return y if mask is None else y * mask + known * (1 - mask)
         generators = per_image_generators(seeds)
         noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(x.device)
-        gammas = self.inference_schedule.respaced(steps)
-        return ancestral_sample(
-            self.net, x, gammas, noise, known=known, mask=mask, generator=generators,
-            clip_denoised=self.config.diffusion.clip_denoised, callback=callback,
+        if sampler == "ancestral":
+            return ancestral_sample(
+                self.net, x, walk.respaced(steps), noise, known=known, mask=mask, generator=generators,
+                clip_denoised=d.clip_denoised, callback=callback,
+            )
+        return scheduler_sample(
+            self.net, x, make_scheduler(sampler, walk), steps, noise, known=known, mask=mask,
+            generator=generators, eta=eta, callback=callback,
         )

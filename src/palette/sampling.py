@@ -21,6 +21,7 @@ from . import masks as M
 from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
 from .model import PaletteModel
+from .samplers import SAMPLERS, SCHEDULES
 from .sheets import to_pil
 from .tasks import TASK_NAMES, make_task, sample_tasks
 from .train import resolve_device
@@ -148,17 +149,31 @@ def sample_files(
     side: str = "right",
     batch_size: int = 16,
     progress: bool = True,
+    sampler: str | None = None,
+    eta: float | None = None,
+    schedule: str | None = None,
+    save_process: int = 0,
 ) -> list[Path]:
-    """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples."""
+    """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
+
+    With ``save_process`` = P > 0, also ``<stem>_<k>_process.png``: a strip of the y0 estimates at P evenly spaced
+    steps, the last being the final sample (the paper's figures of the denoising process).
+    """
     from tqdm.auto import tqdm
 
     check_task(model, task)
     if num_samples < 1:
         raise PaletteError(f"--num-samples must be at least 1, got {num_samples}")
-    steps = steps or model.config.diffusion.sample_steps
-    limit = model.config.diffusion.inference_schedule.steps
+    d = model.config.diffusion
+    steps = d.sample_steps if steps is None else steps
+    schedule = schedule or d.sample_schedule
+    if schedule not in SCHEDULES:
+        raise PaletteError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise PaletteError(f"--sampler {sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+    limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
     if not 1 <= steps <= limit:
-        raise PaletteError(f"--steps must be between 1 and {limit} (the inference schedule's length), got {steps}")
+        raise PaletteError(f"--steps must be between 1 and {limit} (the {schedule} schedule's length), got {steps}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = model.config.model.channels
@@ -182,12 +197,23 @@ def sample_files(
             masked = chunk[0][0].masked
             m = torch.stack([c.mask for c, _, _ in chunk]).to(device) if masked else None
             known = torch.stack([resize(c.original, model.config.model.image_size) for c, _, _ in chunk]).to(device) if masked else None
-            out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk],
-                               callback=lambda *a: bar.update(1))
-            for (cond, stem, k), y in zip(chunk, out):
+            snapshots: list[torch.Tensor] = []
+            keep_at = set(np.linspace(1, steps, save_process).round().astype(int).tolist()) if save_process else set()
+
+            def callback(i, n, y, y0_hat):
+                bar.update(1)
+                if i in keep_at:
+                    snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
+
+            out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk], callback=callback,
+                               sampler=sampler, eta=eta, schedule=schedule)
+            for j, ((cond, stem, k), y) in enumerate(zip(chunk, out)):
                 target = out_dir / f"{stem}_{k}.png"
                 save_image(finish(cond, y), target)
                 written.append(target)
+                if snapshots:
+                    strip = torch.cat([snap[j] for snap in snapshots], dim=2)
+                    save_image(strip, out_dir / f"{stem}_{k}_process.png")
     return written
 
 

@@ -1,0 +1,135 @@
+"""Fast samplers: each against diffusers' own step, known pixels, step counts, seeds, bad arguments."""
+
+import numpy as np
+import pytest
+import torch
+
+from palette.diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule, ancestral_sample
+from palette.model import PaletteModel
+from palette.samplers import SAMPLERS, make_scheduler, scheduler_sample
+
+from conftest import micro_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = PaletteModel(micro_config())
+    for p in m.parameters():  # leave the zero initialisation so that outputs depend on every input
+        torch.nn.init.normal_(p, std=0.05)
+    return m.eval()
+
+
+def _inputs(n=2):
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(n, 3, 16, 16, generator=g) * 2 - 1, torch.randn(n, 3, 16, 16, generator=g)
+
+
+@pytest.mark.parametrize("steps", [10, 1000])
+def test_ancestral_equals_diffusers_ddpm_with_the_papers_variance(model, steps):
+    """The paper's sampler is DDPM with variance beta_t ("fixed_large") and y0 clipped, on the inference schedule."""
+    from diffusers import DDPMScheduler
+
+    x, noise = _inputs()
+    schedule = NoiseSchedule(INFERENCE_SCHEDULE)
+    ours = []
+    ancestral_sample(model.net, x, schedule.respaced(steps), noise,
+                     generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                     callback=lambda i, n, y, y0: ours.append(y.clone()))
+    ddpm = DDPMScheduler(num_train_timesteps=1000, trained_betas=np.linspace(1e-4, 0.09, 1000),
+                         variance_type="fixed_large", clip_sample=True, timestep_spacing="trailing")
+    ddpm.set_timesteps(steps)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]  # diffusers draws per image from a list too
+    y, theirs = noise, []
+    with torch.no_grad():
+        for t in ddpm.timesteps:
+            gamma = torch.full((2,), float(ddpm.alphas_cumprod[t].double()))
+            out = ddpm.step(model.net(x, y, gamma), t, y, generator=gens)
+            y = out.prev_sample
+            theirs.append(y)
+    assert len(ours) == len(theirs) == steps
+    for a, b in zip(ours[:-1], theirs[:-1]):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
+    # The last step lands on gamma_0 = 1, where the posterior mean is the clipped y0 estimate. diffusers adds noise
+    # there unless that step's timestep is 0 (only with all 1000 steps); palette never does, as in DDPM.
+    torch.testing.assert_close(ours[-1], out.pred_original_sample if steps < 1000 else theirs[-1], atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", [s for s in SAMPLERS if s != "ancestral"])
+@pytest.mark.parametrize("steps", [1, 2, 20])
+def test_each_solver_equals_a_plain_loop_over_diffusers_step(model, name, steps):
+    x, noise = _inputs()
+    schedule = NoiseSchedule(INFERENCE_SCHEDULE)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    ours = scheduler_sample(model.net, x, make_scheduler(name, schedule), steps, noise, generator=gens)
+    reference = make_scheduler(name, schedule)
+    reference.set_timesteps(steps)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    y = noise.clone()
+    with torch.no_grad():
+        for t in reference.timesteps:
+            gamma = torch.full((2,), float(reference.alphas_cumprod[t].double()))
+            kwargs = {"generator": gens} if name == "dpmpp-2m-sde" else {}
+            y = reference.step(model.net(x, y, gamma), t, y, **kwargs).prev_sample
+    torch.testing.assert_close(ours, y, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_known_pixels_stay_exact(model, name):
+    x, noise = _inputs()
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 2:10] = 1
+    out = model.sample(x, mask, x, steps=5, sampler=name, seeds=[0, 1])
+    assert torch.equal(out * (1 - mask), x * (1 - mask))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("steps", [1, 2, 1000])
+def test_any_step_count_from_1_to_1000_samples(model, name, steps):
+    x, _ = _inputs(1)
+    out = model.sample(x, steps=steps, sampler=name)
+    assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_same_seed_same_sample_and_batch_matches_alone(model, name):
+    x, _ = _inputs(3)
+    a = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=1.0)
+    b = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=1.0)
+    alone = model.sample(x[1:2], steps=6, sampler=name, seeds=[6], eta=1.0)
+    assert torch.equal(a, b)
+    # per-image generators: the batch changes nothing but the floating-point order of the convolutions
+    torch.testing.assert_close(a[1:2], alone, atol=1e-4, rtol=0)
+    c = model.sample(x, steps=6, sampler=name, seeds=[8, 9, 10], eta=1.0)
+    assert not torch.equal(a, c)  # another seed, another y_T
+
+
+def test_training_schedule_sampling_walks_only_trained_levels(model):
+    seen = []
+
+    def spy(x, y, gamma):
+        seen.append(float(gamma[0]))
+        return model.net(x, y, gamma)
+
+    x, noise = _inputs(1)
+    train = NoiseSchedule(TRAINING_SCHEDULE)
+    scheduler_sample(spy, x, make_scheduler("dpmpp-2m", train), 20, noise)
+    assert min(seen) >= train.gammas[-1] * (1 - 1e-6)
+
+
+def test_more_than_half_of_the_papers_inference_steps_lie_below_the_trained_levels():
+    inference, train = NoiseSchedule(INFERENCE_SCHEDULE), NoiseSchedule(TRAINING_SCHEDULE)
+    below = np.mean(inference.gammas[1:] < train.gammas[-1])
+    assert below > 0.5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sampler": "euler"}, "unknown sampler"),
+    ({"steps": 0}, "between 1 and"),
+    ({"steps": 1001}, "between 1 and"),
+    ({"schedule": "cosine"}, "unknown schedule"),
+])
+def test_bad_sampling_arguments_are_clear_errors(model, kwargs, match):
+    x, _ = _inputs(1)
+    with pytest.raises(ValueError, match=match):
+        model.sample(x, **{"steps": 3, **kwargs})
