@@ -167,3 +167,34 @@ def test_a_tiny_model_overfits_two_images_and_the_sampler_reproduces_them(tmp_pa
     error = (out - y)[hole].square().mean().item()
     baseline = (y[hole] - y[~hole].mean()).square().mean().item()  # fill the hole with the mean known colour
     assert error < 0.2 * baseline  # measured about 0.05 of the baseline when this test was written
+
+
+def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, photo_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from palette.sampling import load_model
+
+    from conftest import MICRO
+
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "palette", "train", "--task", "inpainting", "--data", str(photo_dir), "--out",
+            str(run_dir), "--preset", "tiny", "--image-size", "16", "--steps", "100000", "--no-progress",
+            *[o for o in MICRO if not o.startswith("model.image_size")], "train.checkpoint_every=1"]
+    for delay in (0.0, 0.05, 0.13):  # kill at different moments of the write cycle
+        proc = subprocess.Popen(argv + (["--resume"] if ckpt.latest_checkpoint(run_dir) else []),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        before = ckpt.latest_checkpoint(run_dir)
+        while ckpt.latest_checkpoint(run_dir) == before and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        latest = ckpt.latest_checkpoint(run_dir)
+        assert latest is not None and latest != before
+        load_model(run_dir, "cpu")
+        ckpt.read_training_state(latest)

@@ -136,6 +136,8 @@ def write_checkpoint(
     """Write a complete checkpoint folder atomically and point ``latest`` at it; keep the newest ``keep``."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*"):  # left by a process killed while writing; one writer per run folder
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     try:
