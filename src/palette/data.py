@@ -56,14 +56,19 @@ def list_images(source: str | Path) -> list[Path]:
 
 
 def load_image(path: str | Path, channels: int = 3) -> torch.Tensor:
-    """Decode an image file into a float tensor (channels, H, W) in [0, 1], keeping 16-bit precision.
-
-    Gray images are repeated to 3 channels, colour images reduced to their luma for 1 channel, transparency is
-    composited onto white, and the EXIF orientation is applied.
-    """
+    """Decode an image file into a float tensor (channels, H, W) in [0, 1] (see :func:`image_to_tensor`)."""
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         img.load()
+    return image_to_tensor(img, channels)
+
+
+def image_to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
+    """A PIL image as a float tensor (channels, H, W) in [0, 1], keeping 16-bit precision.
+
+    Gray images are repeated to 3 channels, colour images reduced to their luma for 1 channel, and transparency is
+    composited onto white.
+    """
     if img.mode in _SIXTEEN_BIT_MODES:
         array = np.asarray(img).astype(np.float32)
         array = array / (65535.0 if array.max(initial=0) > 255 or img.mode != "I" else 255.0)
@@ -78,11 +83,15 @@ def load_image(path: str | Path, channels: int = 3) -> torch.Tensor:
         img = img.convert("L" if img.mode in ("L", "1", "LA") else "RGB")
         array = np.asarray(img, dtype=np.float32) / 255.0
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    image = torch.from_numpy(np.ascontiguousarray(array))
+    return match_channels(torch.from_numpy(np.ascontiguousarray(array)), channels)
+
+
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """Gray (1, H, W) repeated to 3 channels, or colour (3, H, W) reduced to its BT.601 luma for 1 channel."""
     if channels == 3 and image.shape[0] == 1:
-        image = image.expand(3, -1, -1).clone()
-    elif channels == 1 and image.shape[0] == 3:
-        image = (image * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+        return image.expand(3, -1, -1).clone()
+    if channels == 1 and image.shape[0] == 3:
+        return (image * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
     return image
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -137,6 +137,70 @@ def save_image(image: torch.Tensor, path: Path) -> None:
     to_pil(image).save(path)
 
 
+def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | None, schedule: str | None,
+                        num_samples: int, flag: str = "--") -> tuple[int, str]:
+    """Validate the sampling arguments (``flag`` prefixes their names in messages); returns (steps, schedule)."""
+    if num_samples < 1:
+        name = "--num-samples" if flag else "num_samples"
+        raise PaletteError(f"{name} must be at least 1, got {num_samples}")
+    d = model.config.diffusion
+    steps = d.sample_steps if steps is None else steps
+    schedule = schedule or d.sample_schedule
+    if schedule not in SCHEDULES:
+        raise PaletteError(f"{flag}schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise PaletteError(f"{flag}sampler {sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+    limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
+    if not 1 <= steps <= limit:
+        raise PaletteError(f"{flag}steps must be between 1 and {limit} (the {schedule} schedule's length), got {steps}")
+    return steps, schedule
+
+
+def sample_conditions(
+    model: PaletteModel,
+    conditions: Sequence[Condition],
+    num_samples: int,
+    steps: int,
+    seed: int = 0,
+    sampler: str | None = None,
+    eta: float | None = None,
+    schedule: str | None = None,
+    batch_size: int = 16,
+    on_step: Callable[[], None] | None = None,
+    save_process: int = 0,
+) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """Sample every condition ``num_samples`` times, ``batch_size`` images per network call.
+
+    Returns, per condition and sample k (seed ``seed + k``), the sample at the input's size in [-1, 1] and, with
+    ``save_process`` = P > 0, a strip of the y0 estimates at P evenly spaced steps (the last is the final sample).
+    """
+    device = next(model.parameters()).device
+    size = model.config.model.image_size
+    jobs = [(c, i, k) for i, c in enumerate(conditions) for k in range(num_samples)]
+    results: list[list] = [[None] * num_samples for _ in conditions]
+    keep_at = set(np.linspace(1, steps, save_process).round().astype(int).tolist()) if save_process else set()
+    for start in range(0, len(jobs), max(1, batch_size)):
+        chunk = jobs[start : start + max(1, batch_size)]
+        x = torch.stack([c.x for c, _, _ in chunk]).to(device)
+        masked = chunk[0][0].masked
+        m = torch.stack([c.mask for c, _, _ in chunk]).to(device) if masked else None
+        known = torch.stack([resize(c.original, size) for c, _, _ in chunk]).to(device) if masked else None
+        snapshots: list[torch.Tensor] = []
+
+        def callback(i, n, y, y0_hat):
+            if on_step is not None:
+                on_step()
+            if i in keep_at:
+                snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
+
+        out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk], callback=callback,
+                           sampler=sampler, eta=eta, schedule=schedule)
+        for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
+            strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
+            results[i][k] = (finish(cond, y), strip)
+    return results
+
+
 def sample_files(
     model: PaletteModel,
     task: str,
@@ -162,23 +226,11 @@ def sample_files(
     from tqdm.auto import tqdm
 
     check_task(model, task)
-    if num_samples < 1:
-        raise PaletteError(f"--num-samples must be at least 1, got {num_samples}")
-    d = model.config.diffusion
-    steps = d.sample_steps if steps is None else steps
-    schedule = schedule or d.sample_schedule
-    if schedule not in SCHEDULES:
-        raise PaletteError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise PaletteError(f"--sampler {sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
-    limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
-    if not 1 <= steps <= limit:
-        raise PaletteError(f"--steps must be between 1 and {limit} (the {schedule} schedule's length), got {steps}")
+    steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = model.config.model.channels
-    device = next(model.parameters()).device
-    jobs = []  # (condition, stem, k)
+    conditions, stems = [], []
     for path in inputs:
         try:
             image = load_image(path, channels)
@@ -186,34 +238,20 @@ def sample_files(
             raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
         cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side)
         save_image(finish_input(cond), out_dir / f"{path.stem}_input.png")
-        jobs.extend((cond, path.stem, k) for k in range(num_samples))
-    written = []
-    per_batch = max(1, batch_size)
-    total = -(-len(jobs) // per_batch) * steps
+        conditions.append(cond)
+        stems.append(path.stem)
+    total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
-        for start in range(0, len(jobs), per_batch):
-            chunk = jobs[start : start + per_batch]
-            x = torch.stack([c.x for c, _, _ in chunk]).to(device)
-            masked = chunk[0][0].masked
-            m = torch.stack([c.mask for c, _, _ in chunk]).to(device) if masked else None
-            known = torch.stack([resize(c.original, model.config.model.image_size) for c, _, _ in chunk]).to(device) if masked else None
-            snapshots: list[torch.Tensor] = []
-            keep_at = set(np.linspace(1, steps, save_process).round().astype(int).tolist()) if save_process else set()
-
-            def callback(i, n, y, y0_hat):
-                bar.update(1)
-                if i in keep_at:
-                    snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
-
-            out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk], callback=callback,
-                               sampler=sampler, eta=eta, schedule=schedule)
-            for j, ((cond, stem, k), y) in enumerate(zip(chunk, out)):
-                target = out_dir / f"{stem}_{k}.png"
-                save_image(finish(cond, y), target)
-                written.append(target)
-                if snapshots:
-                    strip = torch.cat([snap[j] for snap in snapshots], dim=2)
-                    save_image(strip, out_dir / f"{stem}_{k}_process.png")
+        results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
+                                    on_step=lambda: bar.update(1), save_process=save_process)
+    written = []
+    for stem, samples in zip(stems, results):
+        for k, (sample, strip) in enumerate(samples):
+            target = out_dir / f"{stem}_{k}.png"
+            save_image(sample, target)
+            written.append(target)
+            if strip is not None:
+                save_image(strip, out_dir / f"{stem}_{k}_process.png")
     return written
 
 

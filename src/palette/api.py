@@ -1,0 +1,176 @@
+"""The Python API for people who have a checkpoint and images.
+
+    from palette import Palette
+    model = Palette.load("runs/inpaint", device="cpu")
+    samples = model.inpaint(image, mask, num_samples=3, sampler="dpmpp-2m", steps=20, seed=0)
+
+Images may be PIL images, numpy arrays (H, W) or (H, W, C) of uint8, uint16 or floats in [0, 1], or tensors (C, H, W)
+in [0, 1]; a list, a (B, H, W, C) array or a (B, C, H, W) tensor is a batch. Any size works: each image is resized to
+the model's size, sampled, and the samples resized back to the image's size; for inpainting and uncropping the
+pixels outside the mask are the input's own, exactly (no tiling yet). Each input gives a list of ``num_samples``
+PIL images (tensors in [0, 1] with ``output="tensor"``); a batch gives one such list per input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import image_to_tensor, load_image, match_channels
+from .errors import PaletteError
+from .model import PaletteModel
+from .sampling import check_sampling_args, check_task, load_model, make_condition, sample_conditions
+from .sheets import to_pil
+
+ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+def _one_image(image: ImageLike, channels: int) -> torch.Tensor:
+    """A single image as a (channels, H, W) float tensor in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        return load_image(image, channels)
+    if isinstance(image, Image.Image):
+        return image_to_tensor(image, channels)
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255
+        elif array.dtype == np.uint16:
+            array = array.astype(np.float32) / 65535
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+    elif torch.is_tensor(image):
+        tensor = image.detach().float().cpu()
+        tensor = tensor[None] if tensor.dim() == 2 else tensor
+    else:
+        raise PaletteError(f"expected a PIL image, a numpy array, a tensor or a path, got {type(image).__name__}")
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
+        raise PaletteError(f"an image must have 1, 3 or 4 channels, got shape {tuple(tensor.shape)}")
+    return match_channels(tensor[:3].clamp(0, 1), channels)
+
+
+def _as_list(images: ImageLike) -> tuple[list, bool]:
+    """(list of single images, whether the input was a batch)."""
+    if isinstance(images, (list, tuple)):
+        return list(images), True
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images), True
+    if torch.is_tensor(images) and images.dim() == 4:
+        return list(images), True
+    return [images], False
+
+
+def _mask_array(mask: Any, size: tuple[int, int]) -> np.ndarray | str:
+    if isinstance(mask, str):
+        return mask
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    elif torch.is_tensor(mask):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    elif mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.shape != size:
+        raise PaletteError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[1]}x{size[0]}")
+    return mask != 0
+
+
+class Palette:
+    """A trained Palette model with one method per task."""
+
+    def __init__(self, model: PaletteModel):
+        self.model = model.eval()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", use_ema: bool = True) -> "Palette":
+        """A run folder (its latest EMA weights), a checkpoint folder or a ``.safetensors`` file."""
+        return cls(load_model(path, device, use_ema))
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        from .tasks import sample_tasks
+
+        return sample_tasks(self.config.task.name, self.config.task.tasks)
+
+    def __call__(
+        self,
+        images: ImageLike,
+        task: str,
+        mask: Any = None,
+        side: str = "right",
+        num_samples: int = 1,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        eta: float | None = None,
+        schedule: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        output: str = "pil",
+        batch_size: int = 16,
+    ) -> list:
+        """Sample ``task`` on ``images``: a list of ``num_samples`` outputs per input (a list of lists for a batch).
+
+        ``mask`` (inpainting): an array or PIL image of the image's size, nonzero where the model fills, or a mask
+        name (``center``, ``freeform-20-30``, ...); for a batch, one mask for all or a list. ``side`` (uncropping):
+        left, right, top, bottom or all. Sample k of every input uses seed ``seed + k``.
+        ``progress(done, total)`` is called after every network evaluation.
+        """
+        check_task(self.model, task, where="model")
+        if output not in ("pil", "tensor"):
+            raise PaletteError(f"output must be 'pil' or 'tensor', got {output!r}")
+        items, batched = _as_list(images)
+        masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(items)
+        if len(masks) != len(items):
+            raise PaletteError(f"{len(masks)} masks for {len(items)} images")
+        if task == "inpainting" and any(m is None for m in masks):
+            raise PaletteError("inpainting needs a mask: an array of the image's size (nonzero = fill) or a name")
+        steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="")
+        channels = self.config.model.channels
+        conditions = []
+        for item, m in zip(items, masks):
+            image = _one_image(item, channels)
+            m = None if m is None else _mask_array(m, tuple(image.shape[1:]))
+            try:
+                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, 0]), m, side))
+            except ValueError as err:
+                raise PaletteError(str(err)) from None
+        total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
+        done = [0]
+
+        def on_step():
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        results = sample_conditions(self.model, conditions, num_samples, steps, seed, sampler, eta, schedule,
+                                    batch_size, on_step=on_step)
+        convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)
+        outputs = [[convert(sample) for sample, _ in samples] for samples in results]
+        return outputs if batched else outputs[0]
+
+    def colorize(self, images: ImageLike, **kwargs) -> list:
+        """Colour versions of gray (or colour: their luma is used) images."""
+        return self(images, "colorization", **kwargs)
+
+    def inpaint(self, images: ImageLike, mask: Any, **kwargs) -> list:
+        """Fill the nonzero pixels of ``mask``; the others stay exactly as they are."""
+        return self(images, "inpainting", mask=mask, **kwargs)
+
+    def uncrop(self, images: ImageLike, side: str = "right", **kwargs) -> list:
+        """Replace half of the image on ``side`` (left, right, top, bottom or all) with a continuation."""
+        return self(images, "uncropping", side=side, **kwargs)
+
+    def restore_jpeg(self, images: ImageLike, **kwargs) -> list:
+        """Remove JPEG artefacts from images as they are."""
+        return self(images, "jpeg", **kwargs)
+
