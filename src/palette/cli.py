@@ -119,6 +119,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .webapp import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb,
+          max_pixels=args.max_pixels)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .masks import MASK_NAMES
     from .samplers import SAMPLERS, SCHEDULES
@@ -172,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("serve", help="a web page to sample a trained model")
+    p.add_argument("--checkpoint", help="run folder or .safetensors file (or load one from the page)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-upload-mb", type=float, default=20)
+    p.add_argument("--max-pixels", type=int, default=16_000_000)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train a tiny model on bundled photos and write one sheet per task")
     p.add_argument("--out", default="demo-out")
