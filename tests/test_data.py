@@ -126,3 +126,11 @@ def test_each_epoch_visits_every_file_once(photo_dir):
     for epoch in range(3):
         assert sorted(ds.file_for(epoch * len(paths) + i) for i in range(len(paths))) == list(range(len(paths)))
     assert sample_rng(0, 1).random() != sample_rng(0, 2).random()
+
+
+def test_horizontal_flip_happens_about_half_the_time_and_only_when_asked():
+    image = torch.linspace(0, 1, 8).expand(1, 8, 8).clone()  # brighter to the right
+    rng = np.random.default_rng(0)
+    flipped = [random_square_crop(image, 8, rng, flip=True)[0, 0, 0] > 0.5 for _ in range(400)]
+    assert 150 < sum(bool(f) for f in flipped) < 250
+    assert not any(random_square_crop(image, 8, rng, flip=False)[0, 0, 0] > 0.5 for _ in range(50))
