@@ -60,13 +60,11 @@ def test_train_then_resume_then_sample_every_task(capsys, tmp_path, photo_dir):
         assert names == ["coffee_0.png", "coffee_1.png", "coffee_input.png"]
         assert all(Image.open(out_dir / n).size == (w, h) for n in names)
     original = np.asarray(Image.open(photo).convert("RGB"))
-    for task, side in (("inpainting", None), ("uncropping", "left")):
+    centre_kept, left_generated = np.ones((h, w), bool), np.ones((h, w), bool)
+    centre_kept[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = False
+    left_generated[:, : w // 2] = False
+    for task, keep in (("inpainting", centre_kept), ("uncropping", left_generated)):
         sample = np.asarray(Image.open(tmp_path / task / "coffee_0.png"))
-        keep = np.ones((h, w), bool)
-        if task == "inpainting":
-            keep[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = False
-        else:
-            keep[:, : w // 2] = False
         assert np.array_equal(sample[keep], original[keep])  # known pixels are the input's, exactly
 
 

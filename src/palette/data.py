@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import PaletteError
-from .tasks import Task
+from .tasks import Task, luma
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3 and image.shape[0] == 1:
         return image.expand(3, -1, -1).clone()
     if channels == 1 and image.shape[0] == 3:
-        return (image * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+        return luma(image)
     return image
 
 
