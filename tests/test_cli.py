@@ -210,3 +210,13 @@ def test_bad_sampling_flags_are_clear_errors(capsys, tmp_path, trained_run, phot
         main(["sample", "--checkpoint", str(trained_run), "--task", "jpeg", "--input", str(photo_dir),
               "--sampler", "euler", "--out", str(tmp_path)])
     assert "invalid choice: 'euler'" in capsys.readouterr().err
+
+
+def test_batch_invariant_sampling_of_a_folder_matches_each_file_alone(capsys, tmp_path, trained_run, photo_dir):
+    common = ["--task", "jpeg", "--steps", 3, "--sampler", "dpmpp-2m-sde", "--batch-invariant", "--no-progress",
+              "--checkpoint", trained_run]
+    assert run(capsys, "sample", "--input", photo_dir, "--out", tmp_path / "all", *common)[0] == 0
+    assert run(capsys, "sample", "--input", photo_dir / "rocket.png", "--out", tmp_path / "one", *common)[0] == 0
+    together = np.asarray(Image.open(tmp_path / "all" / "rocket_0.png"))
+    alone = np.asarray(Image.open(tmp_path / "one" / "rocket_0.png"))
+    assert np.array_equal(together, alone)

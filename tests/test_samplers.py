@@ -104,6 +104,15 @@ def test_same_seed_same_sample_and_batch_matches_alone(model, name):
     assert not torch.equal(a, c)  # another seed, another y_T
 
 
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_batch_invariant_sampling_is_bit_identical_alone_and_in_a_batch(model, name):
+    x, _ = _inputs(3)
+    batch = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=1.0, batch_invariant=True)
+    for i, seed in enumerate((5, 6, 7)):
+        alone = model.sample(x[i : i + 1], steps=6, sampler=name, seeds=[seed], eta=1.0, batch_invariant=True)
+        assert torch.equal(batch[i : i + 1], alone)
+
+
 def test_training_schedule_sampling_walks_only_trained_levels(model):
     seen = []
 

@@ -117,13 +117,15 @@ class Palette:
         progress: Callable[[int, int], None] | None = None,
         output: str = "pil",
         batch_size: int = 16,
+        batch_invariant: bool = False,
     ) -> list:
         """Sample ``task`` on ``images``: a list of ``num_samples`` outputs per input (a list of lists for a batch).
 
         ``mask`` (inpainting): an array or PIL image of the image's size, nonzero where the model fills, or a mask
         name (``center``, ``freeform-20-30``, ...); for a batch, one mask for all or a list. ``side`` (uncropping):
         left, right, top, bottom or all. Sample k of every input uses seed ``seed + k``.
-        ``progress(done, total)`` is called after every network evaluation.
+        ``progress(done, total)`` is called after every network evaluation. ``batch_invariant=True`` makes each
+        sample bit-identical to the same input sampled alone (the network then runs one image at a time).
         """
         check_task(self.model, task, where="model")
         if output not in ("pil", "tensor"):
@@ -153,7 +155,7 @@ class Palette:
                 progress(done[0], total)
 
         results = sample_conditions(self.model, conditions, num_samples, steps, seed, sampler, eta, schedule,
-                                    batch_size, on_step=on_step)
+                                    batch_size, on_step=on_step, batch_invariant=batch_invariant)
         convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)
         outputs = [[convert(sample) for sample, _ in samples] for samples in results]
         return outputs if batched else outputs[0]

@@ -103,6 +103,7 @@ def cmd_sample(args) -> int:
         model, args.task, input_files(args.input), Path(args.out), num_samples=args.num_samples, steps=args.steps,
         seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
         sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
+        batch_invariant=args.batch_invariant,
     )
     print(f"wrote {len(written)} sample(s) to {args.out}")
     return 0
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write <stem>_<k>_process.png, the y0 estimates at P steps (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="images sampled at once")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="run the network one image at a time: each output is bit-identical to sampling it alone")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--out", required=True)

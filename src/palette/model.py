@@ -66,6 +66,7 @@ class PaletteModel(nn.Module):
         sampler: str | None = None,
         eta: float | None = None,
         schedule: str | None = None,
+        batch_invariant: bool = False,
     ) -> torch.Tensor:
         """Samples y ~ p(y | x) in [-1, 1] with ``steps`` network evaluations.
 
@@ -74,7 +75,9 @@ class PaletteModel(nn.Module):
         ``training`` (the trained gamma range). Unset arguments take the config's ``diffusion`` values.
         ``mask`` (B, 1, H, W) is 1 where the model generates; elsewhere the result is ``known`` exactly.
         ``seeds`` gives each image its own generator (default: 0, 1, ...); the same seed gives the same image,
-        whatever else is in the batch.
+        whatever else is in the batch, up to floating-point rounding: convolution kernels depend on the batch size.
+        ``batch_invariant=True`` runs the network one image at a time (slower), which makes an image's sample
+        bit-identical whether it is sampled alone or in any batch.
         """
         d = self.config.diffusion
         sampler = sampler or d.sampler
@@ -99,12 +102,16 @@ class PaletteModel(nn.Module):
             return y if mask is None else y * mask + known * (1 - mask)
         generators = per_image_generators(seeds)
         noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(x.device)
+        denoiser = self._one_at_a_time if batch_invariant else self.net
         if sampler == "ancestral":
             return ancestral_sample(
-                self.net, x, walk.respaced(steps), noise, known=known, mask=mask, generator=generators,
+                denoiser, x, walk.respaced(steps), noise, known=known, mask=mask, generator=generators,
                 clip_denoised=d.clip_denoised, callback=callback,
             )
         return scheduler_sample(
-            self.net, x, make_scheduler(sampler, walk), steps, noise, known=known, mask=mask,
+            denoiser, x, make_scheduler(sampler, walk), steps, noise, known=known, mask=mask,
             generator=generators, eta=eta, callback=callback,
         )
+
+    def _one_at_a_time(self, x: torch.Tensor, y_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(x[i : i + 1], y_t[i : i + 1], gamma[i : i + 1]) for i in range(x.shape[0])])

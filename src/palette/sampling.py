@@ -168,6 +168,7 @@ def sample_conditions(
     batch_size: int = 16,
     on_step: Callable[[], None] | None = None,
     save_process: int = 0,
+    batch_invariant: bool = False,
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """Sample every condition ``num_samples`` times, ``batch_size`` images per network call.
 
@@ -194,7 +195,7 @@ def sample_conditions(
                 snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
 
         out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk], callback=callback,
-                           sampler=sampler, eta=eta, schedule=schedule)
+                           sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant)
         for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
             strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
             results[i][k] = (finish(cond, y), strip)
@@ -217,6 +218,7 @@ def sample_files(
     eta: float | None = None,
     schedule: str | None = None,
     save_process: int = 0,
+    batch_invariant: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
 
@@ -243,7 +245,8 @@ def sample_files(
     total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
         results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
-                                    on_step=lambda: bar.update(1), save_process=save_process)
+                                    on_step=lambda: bar.update(1), save_process=save_process,
+                                    batch_invariant=batch_invariant)
     written = []
     for stem, samples in zip(stems, results):
         for k, (sample, strip) in enumerate(samples):
