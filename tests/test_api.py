@@ -89,3 +89,15 @@ def test_an_unloadable_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(PaletteError, match="not a readable safetensors file"):
         Palette.load(tmp_path / "model.safetensors", device="cpu")
+
+
+def test_a_thin_stroke_on_a_large_image_is_still_generated(palette):
+    from palette.sampling import make_condition
+
+    image = torch.rand(3, 256, 256)
+    mask = np.zeros((256, 256), bool)
+    mask[:, 100] = True  # one pixel wide: 1/16 of a model pixel of the 16px model
+    condition = make_condition(palette.model, "inpainting", image, np.random.default_rng(0), mask)
+    assert condition.mask[0, :, 100 * 16 // 256].all()
+    out = palette.inpaint(image, mask, steps=2, output="tensor")[0]
+    torch.testing.assert_close(out[:, ~torch.from_numpy(mask)], image[:, ~torch.from_numpy(mask)], atol=1 / 255, rtol=0)

@@ -107,7 +107,8 @@ def make_condition(
         if full.shape != (h, w):
             raise PaletteError(f"the mask is {full.shape[1]}x{full.shape[0]} but the image is {w}x{h}")
     full_t = torch.from_numpy(full.astype(np.float32))[None]
-    small_mask = (resize(full_t, size) > 0.5).float() if (h, w) != (size, size) else full_t
+    # a model pixel is generated if any part of it is in the hole, so thin strokes on large images are not lost
+    small_mask = (resize(full_t, size) > 1e-3).float() if (h, w) != (size, size) else full_t
     x, m = t.condition(small, rng, mask=small_mask[0].numpy().astype(bool))
     return Condition(original, x, m, full_t, True)
 

@@ -68,9 +68,6 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
             raise gr.Error(f"The image is {w}x{h} ({w * h:,} pixels); the limit is {max_pixels:,} pixels.")
         return photo
 
-    def on_upload(path):
-        return read_upload(path)
-
     def run(path, editor, task, mask_choice, side, num_samples, steps, sampler, seed, progress=gr.Progress()):
         model = state["model"]
         if model is None:
@@ -124,7 +121,7 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
                 run_button = gr.Button("Run", variant="primary", elem_id="run")
         gallery = gr.Gallery(label="samples", elem_id="gallery", columns=4, format="png")
         load_button.click(load, path_box, [status, task])
-        upload.upload(on_upload, upload, editor)
+        upload.upload(read_upload, upload, editor)
         run_button.click(run, [upload, editor, task, mask_choice, side, num_samples, steps, sampler, seed], gallery,
                          concurrency_limit=1)
     app.queue(max_size=queue_size, default_concurrency_limit=1)
