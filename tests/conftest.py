@@ -55,3 +55,44 @@ def trained_run(tmp_path_factory, photo_dir) -> Path:
                           "task.tasks=colorization,inpainting,uncropping,jpeg", "train.steps=3")
     train(config, run, progress=False)
     return run
+
+
+def _kaiming(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=generator)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    return module
+
+
+def random_inception_v3_compat() -> torch.nn.Module:
+    """torch-fidelity's FID Inception-v3, built without its weights (no download) and kaiming-initialised."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=None)
+    return _kaiming(net.float(), 0)
+
+
+@pytest.fixture(scope="session")
+def random_weights_dir(tmp_path_factory) -> Path:
+    """Every metric backbone with random kaiming weights, saved under the standard file names."""
+    import torchvision
+
+    from palette import weights as W
+
+    folder = tmp_path_factory.mktemp("weights")
+    nets = {
+        "inception-v3-compat": random_inception_v3_compat(),
+        "resnet50": _kaiming(torchvision.models.resnet50(weights=None), 1),
+        "googlenet": _kaiming(torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False), 2),
+        "alexnet": _kaiming(torchvision.models.alexnet(weights=None), 3),
+    }
+    for name, net in nets.items():
+        torch.save(net.state_dict(), folder / W.WEIGHTS[name].filename)
+    return folder

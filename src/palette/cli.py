@@ -128,8 +128,79 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise PaletteError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise PaletteError(f"--shard {text}: I must be in 0..N-1")
+    return index, count
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import METRICS, EvalOptions, evaluate
+    from .protocols import resolve
+    from .sampling import load_model
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else METRICS
+    options = EvalOptions(
+        task=args.task, num_samples=args.num_samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
+        schedule=args.schedule, seed=args.seed, batch_size=args.batch_size, mask=args.mask,
+        mask_file=Path(args.mask_file) if args.mask_file else None, mask_category=args.mask_category,
+        quality=args.quality, metrics=metrics, weights_dir=args.weights_dir,
+        reference=Path(args.reference) if args.reference else None,
+        reference_stats=Path(args.reference_stats) if args.reference_stats else None, limit=args.limit,
+        name=args.name,
+    )
+    eval_set = resolve(args.protocol, args.data, args.places_list)
+    model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
+    device = next(model.parameters()).device
+    result = evaluate(model, eval_set, options, Path(args.out), shard=_parse_shard(args.shard), device=device,
+                      progress=not args.no_progress, checkpoint=args.checkpoint)
+    if result is not None:
+        print((Path(args.out) / "table.md").read_text(), end="")
+        print(f"all figures: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_eval_table(args) -> int:
+    from .evaluate import markdown_table, read_results
+
+    table = markdown_table(read_results(args.results))
+    if args.out:
+        Path(args.out).write_text(table)
+    print(table, end="")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from . import weights as W
+
+    names = args.names or list(W.WEIGHTS)
+    for name in names:
+        W._spec(name)
+    if args.action == "download":
+        for name in names:
+            print(f"{name}: {W.download(name, args.weights_dir, progress=not args.no_progress)}")
+        return 0
+    print(f"weights folder: {W.weights_dir(args.weights_dir)}")
+    for name in names:
+        spec, found = W.WEIGHTS[name], W.find(name, args.weights_dir)
+        if found is None:
+            state = f"missing ({spec.filename}, SHA-256 {spec.sha256_prefix}...; {spec.url})"
+        else:
+            state = f"{found} ({'standard' if W.is_standard(name, W.sha256(found)) else 'NOT the standard file'})"
+        print(f"  {name:20s} {state}\n  {'':20s} for {spec.used_for}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluate import METRICS as EVAL_METRICS
     from .masks import MASK_NAMES
+    from .protocols import PROTOCOLS
     from .samplers import SAMPLERS, SCHEDULES
     from .tasks import TASK_NAMES
 
@@ -183,6 +254,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="generate outputs for an evaluation set and compute FID, IS, CA, PD, diversity",
+                       description="Sharded and resumable: re-running skips images whose samples exist.")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--data", required=True,
+                   help="folder or list file of images (a list may give labels); with --protocol, the dataset folder")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="ctest10k (ImageNet), places10k (Places2), fid5k (ColTran's colorization FID-5K)")
+    p.add_argument("--places-list", help="places10k: Places365's places365_val.txt (default: in --data)")
+    p.add_argument("--out", required=True, help="folder for samples, metrics.json, table.md, sheet.png")
+    p.add_argument("--num-samples", type=int, default=1, help="K samples per input (diversity needs K >= 2)")
+    p.add_argument("--mask", help=f"inpainting/uncropping mask name: {', '.join(MASK_NAMES)} "
+                   "(default freeform-20-30 / uncrop-right)")
+    p.add_argument("--mask-file", help="the paper's bit-packed mask archive (.npz); image i gets mask i")
+    p.add_argument("--mask-category", help="the archive's category, e.g. freeform-20-30 or '20-30%% freeform'")
+    p.add_argument("--quality", type=int, default=10, help="jpeg: quality factor of the inputs (paper: 5, 10, 20)")
+    p.add_argument("--metrics", help=f"comma-separated subset of {','.join(EVAL_METRICS)} (default: all)")
+    p.add_argument("--reference", help="folder or list of FID reference images (default: the evaluated originals; "
+                   "fid5k: the next 5,000)")
+    p.add_argument("--reference-stats", help="reference statistics file: read if it exists, else written")
+    p.add_argument("--weights-dir", help="metric backbone weights (default $PALETTE_WEIGHTS_DIR or "
+                   "~/.cache/palette/weights); see `palette weights`")
+    p.add_argument("--shard", metavar="I/N", help="only generate the images whose index is I modulo N (no metrics); run every shard, then once without")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--name", help="the row name in the table (default: checkpoint, sampler, steps)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--sampler", choices=SAMPLERS)
+    p.add_argument("--eta", type=float)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-table", help="one Markdown table (the paper's layout) of several eval results")
+    p.add_argument("results", nargs="+", help="eval folders or their metrics.json files")
+    p.add_argument("--out", help="also write the table to this file")
+    p.set_defaults(func=cmd_eval_table)
+
+    p = sub.add_parser("weights", help="list or download the metric backbones' weights")
+    p.add_argument("action", choices=("list", "download"))
+    p.add_argument("names", nargs="*", help="default: all")
+    p.add_argument("--weights-dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("serve", help="a web page to sample a trained model")
     p.add_argument("--checkpoint", help="run folder or .safetensors file (or load one from the page)")

@@ -1,0 +1,141 @@
+"""``palette eval`` end to end on a micro model with random-weight backbones: outputs, resume, shards, caching."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from palette import evaluate as E
+from palette import protocols as P
+from palette.cli import main
+from palette.data import load_image
+from palette.errors import PaletteError
+from palette.sampling import load_model
+
+
+@pytest.fixture(scope="module")
+def listing(photo_dir, tmp_path_factory):
+    """A list file with labels, as ctest10k has."""
+    path = tmp_path_factory.mktemp("list") / "val.txt"
+    names = sorted(p.name for p in photo_dir.iterdir())
+    path.write_text("".join(f"{photo_dir / n} {i * 10}\n" for i, n in enumerate(names)))
+    return path
+
+
+def _eval(out, trained_run, listing, weights, *extra):
+    return main(["eval", "--checkpoint", str(trained_run), "--task", "inpainting", "--data", str(listing), "--out",
+                 str(out), "--num-samples", "2", "--steps", "2", "--sampler", "ddim", "--device", "cpu",
+                 "--weights-dir", str(weights), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, trained_run, listing, random_weights_dir):
+    out = tmp_path_factory.mktemp("eval")
+    assert _eval(out, trained_run, listing, random_weights_dir) == 0
+    return out
+
+
+def test_eval_writes_every_metric_a_table_and_a_sheet(evaluated):
+    result = json.loads((evaluated / "metrics.json").read_text())
+    assert set(result["metrics"]) >= {"fid", "kid", "is", "ca", "pd", "lpips_diversity", "ms-ssim_diversity", "psnr",
+                                      "ssim"}
+    assert all(np.isfinite(v) for v in result["metrics"].values())
+    assert result["num_images"] == 4 and result["condition"] == {"mask": "freeform-20-30"}
+    assert set(result["weights"]) == {"inception-v3-compat", "resnet50", "googlenet", "alexnet"}
+    table = (evaluated / "table.md").read_text().splitlines()
+    assert table[0].startswith("| Model | FID ↓ | IS ↑ | CA ↑ | PD ↓")
+    assert len(table) == 3 and "ddim, 2 steps" in table[2]
+    assert (evaluated / "sheet.png").is_file()
+    assert len(list((evaluated / "samples").glob("*.png"))) == 8
+
+
+def test_eval_samples_keep_the_known_pixels_of_the_evaluation_image(evaluated, trained_run, listing):
+    model = load_model(trained_run, "cpu")
+    size = model.config.model.image_size
+    items = P.folder_or_list(listing).items
+    for index, item in enumerate(items):
+        original = E.prepare(item.path, size, 3)
+        mask = torch.from_numpy(P.eval_mask("freeform-20-30", index, size))
+        sample = load_image(E.sample_paths(evaluated, item, 1), 3)
+        assert torch.allclose(sample[:, ~mask], original[:, ~mask], atol=1 / 255 + 1e-6)
+
+
+def test_eval_resumes_and_regenerates_only_what_is_missing_identically(evaluated, trained_run, listing,
+                                                                       random_weights_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(evaluated, out)
+    victim = E.sample_paths(out, P.folder_or_list(listing).items[2], 0)
+    before = victim.read_bytes()
+    victim.unlink()
+    assert _eval(out, trained_run, listing, random_weights_dir, "--metrics", "psnr") == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["images_sampled_this_run"] == 1
+    assert victim.read_bytes() == before
+
+
+def test_shards_produce_the_same_samples_as_one_process(evaluated, trained_run, listing, random_weights_dir,
+                                                        tmp_path):
+    for shard in ("0/2", "1/2"):
+        assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--shard", shard) == 0
+    assert not (tmp_path / "metrics.json").exists()  # shards only generate
+    ours = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert ours == sorted(p.name for p in (evaluated / "samples").glob("*.png"))
+    for name in ours:
+        assert (tmp_path / "samples" / name).read_bytes() == (evaluated / "samples" / name).read_bytes()
+
+
+def test_metrics_refuse_to_run_before_every_shard_is_done(trained_run, listing, random_weights_dir, tmp_path):
+    assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--shard", "0/2") == 0
+    model = load_model(trained_run, "cpu")
+    options = E.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir)
+    with pytest.raises(PaletteError, match="2 of 4 images have fewer than 2 samples"):
+        E.compute_metrics(P.folder_or_list(listing), options, tmp_path, model.config.model.image_size, 3)
+
+
+def test_reference_statistics_are_cached_and_checked(evaluated, trained_run, listing, random_weights_dir, tmp_path):
+    stats = evaluated / "reference_stats.safetensors"
+    assert stats.is_file()
+    cached, meta = E.load_stats(stats)
+    assert cached.n == 4 and meta["image_size"] == "16"
+    first = json.loads((evaluated / "metrics.json").read_text())
+    out = tmp_path / "again"
+    assert _eval(out, trained_run, listing, random_weights_dir, "--reference-stats", str(stats),
+                 "--metrics", "fid") == 0
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"])
+
+    E._save_stats(tmp_path / "other.safetensors", cached, {**meta, "image_size": 32})
+    model = load_model(trained_run, "cpu")
+    options = E.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",),
+                            reference_stats=tmp_path / "other.safetensors")
+    with pytest.raises(PaletteError, match="not comparable"):
+        E.compute_metrics(P.folder_or_list(listing), options, out, model.config.model.image_size, 3)
+
+
+def test_eval_table_merges_results_in_rows(evaluated, tmp_path, capsys):
+    other = json.loads((evaluated / "metrics.json").read_text())
+    other["name"] = "regression baseline"
+    (tmp_path / "metrics.json").write_text(json.dumps(other))
+    assert main(["eval-table", str(evaluated), str(tmp_path / "metrics.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[3].startswith("| regression baseline |")
+
+
+@pytest.mark.parametrize("task,condition", [("jpeg", {"quality": 10}), ("colorization", {}),
+                                            ("uncropping", {"mask": "uncrop-right"})])
+def test_eval_runs_for_every_task(task, condition, trained_run, listing, random_weights_dir, tmp_path):
+    assert main(["eval", "--checkpoint", str(trained_run), "--task", task, "--data", str(listing), "--out",
+                 str(tmp_path), "--steps", "1", "--device", "cpu", "--weights-dir", str(random_weights_dir),
+                 "--metrics", "psnr,ssim", "--no-progress"]) == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["condition"] == condition and set(result["metrics"]) == {"psnr", "ssim"}
+
+
+def test_eval_errors_are_clear(trained_run, listing, random_weights_dir, tmp_path, capsys):
+    assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--metrics", "fid,bogus") == 2
+    assert "unknown bogus" in capsys.readouterr().err
+    assert _eval(tmp_path, trained_run, listing, tmp_path / "no-weights", "--metrics", "fid") == 2
+    assert "palette weights download inception-v3-compat" in capsys.readouterr().err
+    assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--shard", "2/2") == 2
+    assert "--shard 2/2" in capsys.readouterr().err
