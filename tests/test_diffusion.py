@@ -66,9 +66,11 @@ def test_posterior_mean_through_y0_hat_is_the_papers_update():
     torch.testing.assert_close(mean, paper, atol=1e-5, rtol=1e-5)
 
 
-def test_sample_gamma_follows_the_piecewise_uniform_distribution():
+@pytest.mark.parametrize("generator", [torch.Generator().manual_seed(0), np.random.default_rng(0)],
+                         ids=["torch", "numpy"])
+def test_sample_gamma_follows_the_piecewise_uniform_distribution(generator):
     schedule = NoiseSchedule(ScheduleConfig(1e-4, 0.2, 20))
-    draws = sample_gamma(schedule, 100_000, torch.Generator().manual_seed(0)).double().numpy()
+    draws = sample_gamma(schedule, 100_000, generator).double().numpy()
     g = schedule.gammas
     values = np.linspace(g[-1], 1, 200)
     # P(gamma <= v) = 1/T sum_t clip((v - g_t) / (g_{t-1} - g_t), 0, 1)

@@ -58,6 +58,13 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _rank() -> int:
+    """This process's rank when launched by torchrun or accelerate launch, else 0."""
+    import os
+
+    return int(os.environ.get("RANK", 0))
+
+
 def _train_config(args):
     from .config import Config, apply_overrides, preset
 
@@ -66,7 +73,10 @@ def _train_config(args):
         "task.name": args.task, "data.path": args.data, "model.image_size": args.image_size,
         "train.batch_size": args.batch_size, "train.steps": args.steps, "diffusion.loss": args.loss,
         "diffusion.objective": args.objective, "train.device": args.device, "train.seed": args.seed,
-        "data.num_workers": args.workers,
+        "data.num_workers": args.workers, "train.micro_batch_size": args.micro_batch_size,
+        "train.mixed_precision": args.mixed_precision,
+        "train.gradient_checkpointing": True if args.gradient_checkpointing else None,
+        "train.compile": True if args.compile else None,
     }
     if args.resume and (run_dir / "config.yaml").is_file():
         base = Config.load(run_dir / "config.yaml")
@@ -87,9 +97,13 @@ def cmd_train(args) -> int:
 
     config = _train_config(args)
     config.validate()
-    _add_run_file_log(Path(args.out))
+    if _rank() == 0:
+        _add_run_file_log(Path(args.out))
+    else:  # one process speaks for a distributed run
+        logging.getLogger("palette").setLevel(logging.WARNING)
     last = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
-    print(f"last checkpoint: {last}")
+    if _rank() == 0:
+        print(f"last checkpoint: {last}")
     return 0
 
 
@@ -98,14 +112,20 @@ def cmd_sample(args) -> int:
 
     if args.num_samples < 1:
         raise PaletteError(f"--num-samples must be at least 1, got {args.num_samples}")
-    model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
+    from .distributed import Processes
+
+    processes = Processes(args.device)
+    model = load_model(args.checkpoint, processes.device(args.device), use_ema=not args.no_ema)
+    inputs = input_files(args.input)[processes.rank :: processes.world]  # every N-th input for N processes
     written = sample_files(
-        model, args.task, input_files(args.input), Path(args.out), num_samples=args.num_samples, steps=args.steps,
+        model, args.task, inputs, Path(args.out), num_samples=args.num_samples, steps=args.steps,
         seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
         sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
         batch_invariant=args.batch_invariant,
     )
-    print(f"wrote {len(written)} sample(s) to {args.out}")
+    processes.barrier()
+    print(f"wrote {len(written)} sample(s) to {args.out}" + (f" (process {processes.rank} of {processes.world})"
+                                                             if processes.world > 1 else ""))
     return 0
 
 
@@ -155,11 +175,17 @@ def cmd_eval(args) -> int:
         reference_stats=Path(args.reference_stats) if args.reference_stats else None, limit=args.limit,
         name=args.name,
     )
+    from .distributed import Processes
+
     eval_set = resolve(args.protocol, args.data, args.places_list)
-    model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
+    processes = Processes(args.device)
+    model = load_model(args.checkpoint, processes.device(args.device), use_ema=not args.no_ema)
     device = next(model.parameters()).device
+    if processes.world > 1 and args.shard:
+        raise PaletteError("--shard is for separate jobs; under torchrun the processes share the work by themselves")
     result = evaluate(model, eval_set, options, Path(args.out), shard=_parse_shard(args.shard), device=device,
-                      progress=not args.no_progress, checkpoint=args.checkpoint)
+                      progress=not args.no_progress and processes.main, checkpoint=args.checkpoint,
+                      processes=processes)
     if result is not None:
         print((Path(args.out) / "table.md").read_text(), end="")
         print(f"all figures: {Path(args.out) / 'metrics.json'}")
@@ -197,6 +223,24 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from .bench import as_dict, bench_config, report, run_bench
+
+    results = []
+    for name in args.preset:
+        config = bench_config(name, list(args.overrides) + ([f"train.batch_size={args.batch_size}"]
+                                                            if args.batch_size else []))
+        result = run_bench(config, args.device, args.mixed_precision, args.seconds, args.gradient_checkpointing,
+                           args.compile, not args.contiguous)
+        print(report(result), flush=True)
+        results.append(as_dict(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import METRICS as EVAL_METRICS
     from .masks import MASK_NAMES
@@ -217,7 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, logs, sample sheets")
     p.add_argument("--preset", help="tiny, small (default), base or paper; see `palette presets`")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch of one step, over all processes")
+    p.add_argument("--micro-batch-size", type=int,
+                   help="most examples a process runs at once; more are accumulated (default: no accumulation)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), help="autocast precision (default no)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow to start)")
     p.add_argument("--steps", type=int, help="total optimisation steps of the run")
     p.add_argument("--loss", choices=("l2", "l1"))
     p.add_argument("--objective", choices=("diffusion", "regression"))
@@ -302,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("bench", help="training and sampling throughput against this device's measured peak")
+    p.add_argument("--preset", nargs="+", default=["public"],
+                   help="presets to measure; public = the most used public reimplementation's network (default)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--seconds", type=float, default=10.0, help="time spent measuring training (sampling: half)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="a web page to sample a trained model")
     p.add_argument("--checkpoint", help="run folder or .safetensors file (or load one from the page)")

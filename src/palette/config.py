@@ -70,6 +70,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     device: str = "auto"
     channels_last: bool = True  # memory layout of convolutions: faster on CPUs and on tensor-core GPUs
+    # batch_size is the global batch of one optimisation step, over all processes; each process runs it in
+    # micro-batches of at most micro_batch_size (0: batch_size / processes) with gradient accumulation between
+    micro_batch_size: int = 0
+    mixed_precision: str = "no"  # no, bf16 or fp16 (autocast; weights, optimizer and EMA stay float32)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    compile: bool = False  # torch.compile the network (minutes of compilation before the first step)
 
 
 @dataclass
@@ -117,6 +123,11 @@ class Config:
             )
         if self.train.batch_size < 1 or self.train.steps < 1:
             raise PaletteError("--batch-size and --steps must be at least 1")
+        if self.train.micro_batch_size < 0:
+            raise PaletteError(f"train.micro_batch_size must be 0 (no accumulation) or positive, got "
+                               f"{self.train.micro_batch_size}")
+        if self.train.mixed_precision not in ("no", "bf16", "fp16"):
+            raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {self.train.mixed_precision!r}")
         if not 0 < self.data.crop_scale_min <= 1:
             raise PaletteError(f"data.crop_scale_min must be in (0, 1], got {self.data.crop_scale_min}")
         from .samplers import SAMPLERS, SCHEDULES

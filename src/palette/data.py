@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .diffusion import sample_gamma
 from .errors import PaletteError
 from .tasks import Task, luma
 
@@ -169,7 +170,8 @@ class TrainingData(torch.utils.data.Dataset):
     """Example number n -> (x, y, mask) of ``task``. Epoch e visits the files in a permutation seeded by (seed, e)."""
 
     def __init__(self, paths: Sequence[Path], task: Task, image_size: int, channels: int, seed: int,
-                 crop_scale_min: float = 1.0, flip: bool = True):
+                 crop_scale_min: float = 1.0, flip: bool = True, noise_schedule=None):
+        self.noise_schedule = noise_schedule  # a NoiseSchedule: each example also draws its gamma and eps
         self.paths = list(paths)
         self.task, self.image_size, self.channels, self.seed = task, image_size, channels, seed
         self.crop_scale_min, self.flip = crop_scale_min, flip
@@ -212,25 +214,43 @@ class TrainingData(torch.utils.data.Dataset):
             raise PaletteError("no data file could be decoded")
         y = random_square_crop(image, self.image_size, rng, self.crop_scale_min, self.flip) * 2 - 1
         sample = self.task(y, rng)
-        return {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
+        item = {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
+        if self.noise_schedule is not None:
+            # the diffusion noise is the example's too: a run does not depend on how examples are split into
+            # processes and micro-batches
+            item["gamma"] = sample_gamma(self.noise_schedule, 1, rng)[0]
+            item["noise"] = torch.from_numpy(rng.standard_normal(tuple(sample.y.shape), dtype=np.float32))
+        return item
 
 
-class StreamSampler(torch.utils.data.Sampler):
-    """Example numbers start, start + 1, ... for ``count`` examples: the data position is a single integer."""
+def step_examples(step: int, batch_size: int, rank: int = 0, world: int = 1) -> range:
+    """The example numbers process ``rank`` of ``world`` trains on at ``step``.
 
-    def __init__(self, start: int, count: int):
-        self.start, self.count = start, count
+    Step s's global batch is examples s*B .. s*B + B - 1 whatever the number of processes; process r takes the r-th
+    of W equal slices. The data position stays a single integer, so a run can resume on another process count.
+    """
+    share = batch_size // world
+    start = step * batch_size + rank * share
+    return range(start, start + share)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """The example numbers of process ``rank`` for ``steps`` steps from ``first_step``, step after step."""
+
+    def __init__(self, first_step: int, steps: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.first_step, self.steps, self.batch_size, self.rank, self.world = first_step, steps, batch_size, rank, world
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.start + self.count))
+        for step in range(self.first_step, self.first_step + self.steps):
+            yield from step_examples(step, self.batch_size, self.rank, self.world)
 
     def __len__(self) -> int:
-        return self.count
+        return self.steps * (self.batch_size // self.world)
 
 
-def training_loader(dataset: TrainingData, start: int, count: int, batch_size: int, num_workers: int):
+def training_loader(dataset: TrainingData, sampler: StepSampler, micro_batch: int, num_workers: int):
+    """Micro-batches of ``micro_batch`` examples in the sampler's order (a step is B / (W * micro_batch) of them)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=StreamSampler(start, count), num_workers=num_workers,
+        dataset, batch_size=micro_batch, sampler=sampler, num_workers=num_workers,
         persistent_workers=False, drop_last=False, prefetch_factor=4 if num_workers else None,
     )
-

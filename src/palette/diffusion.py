@@ -58,16 +58,22 @@ class NoiseSchedule:
         return self.gammas[taus]
 
 
-def sample_gamma(schedule: NoiseSchedule, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_gamma(schedule: NoiseSchedule, batch: int,
+                 generator: torch.Generator | np.random.Generator | None = None) -> torch.Tensor:
     """SR3's piecewise-uniform noise levels: t ~ U{1..T}, then gamma ~ U(gamma_t, gamma_{t-1}).
 
     The result has a continuous density, so the network sees every noise level of the schedule's range and can be
-    sampled later with any schedule and number of steps.
+    sampled later with any schedule and number of steps. ``generator`` may be a torch or a numpy generator (the
+    training data draws each example's noise level with its own numpy generator).
     """
-    t = torch.randint(1, schedule.steps + 1, (batch,), generator=generator)
     gammas = torch.from_numpy(schedule.gammas)
+    if isinstance(generator, np.random.Generator):
+        t = torch.from_numpy(generator.integers(1, schedule.steps + 1, size=batch))
+        u = torch.from_numpy(generator.random(batch))
+    else:
+        t = torch.randint(1, schedule.steps + 1, (batch,), generator=generator)
+        u = torch.rand(batch, generator=generator, dtype=torch.float64)
     hi, lo = gammas[t - 1], gammas[t]
-    u = torch.rand(batch, generator=generator, dtype=torch.float64)
     return (lo + u * (hi - lo)).float()
 
 

@@ -138,8 +138,13 @@ def pending(items: list[P.EvalItem], out_dir: Path, num_samples: int) -> list[in
 
 
 def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, shard: tuple[int, int] = (0, 1),
-             progress: bool = True) -> int:
-    """Sample every pending image of this shard; returns how many images were sampled."""
+             progress: bool = True, processes=None) -> int:
+    """Sample every pending image of this shard; returns how many images were sampled.
+
+    ``shard`` (i, n) takes the images whose index is i modulo n (separate jobs, any time). Launched processes
+    (``processes`` with several ranks) instead split the pending list evenly, agreed on before anyone writes, so
+    their shares differ by one image at most and no process waits on another for more than one batch.
+    """
     from tqdm.auto import tqdm
 
     check_task(model, options.task)
@@ -150,8 +155,13 @@ def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, sh
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
     items = eval_set.items
-    rank, world = shard
-    todo = [i for i in pending(items, out_dir, options.num_samples) if i % world == rank]  # by index: stable
+    todo = pending(items, out_dir, options.num_samples)
+    if processes is not None and processes.world > 1:
+        processes.barrier()  # everyone has listed the pending images before the first is written
+        todo = todo[processes.rank :: processes.world]
+    else:
+        rank, world = shard
+        todo = [i for i in todo if i % world == rank]  # by index: the same split whenever a job starts
     masks = MaskSource(options, size, len(items)) if make_task(options.task).masked else None
     per_call = max(1, options.batch_size // options.num_samples)
     with tqdm(total=len(todo), desc=f"eval: sample {options.task}", unit="image", disable=not progress) as bar:
@@ -367,8 +377,12 @@ def write_sheet(eval_set: P.EvalSet, out_dir: Path, num_samples: int, size: int,
 
 
 def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Path, shard: tuple[int, int] = (0, 1),
-             device: str | torch.device = "cpu", progress: bool = True, checkpoint: str = "") -> dict | None:
-    """Generate (this shard's pending images), then, unless sharded, compute and write the metrics and table."""
+             device: str | torch.device = "cpu", progress: bool = True, checkpoint: str = "",
+             processes=None) -> dict | None:
+    """Generate (this shard's pending images), then, unless sharded, compute and write the metrics and table.
+
+    With launched ``processes``, all of them generate and the main one computes the metrics (the others return
+    None)."""
     out_dir = Path(out_dir)
     if options.limit is not None:
         eval_set = P.EvalSet(eval_set.name, eval_set.items[: options.limit], eval_set.reference)
@@ -376,8 +390,12 @@ def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Pa
     if unknown:
         raise PaletteError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose among {', '.join(METRICS)}")
     start = time.perf_counter()
-    sampled = generate(model, eval_set, options, out_dir, shard, progress)
+    sampled = generate(model, eval_set, options, out_dir, shard, progress, processes)
     generation_seconds = time.perf_counter() - start
+    if processes is not None and processes.world > 1:
+        processes.barrier()
+        if not processes.main:
+            return None
     if shard[1] > 1:
         log.info("shard %d/%d: sampled %d images into %s", shard[0], shard[1], sampled, out_dir)
         return None

@@ -36,23 +36,31 @@ class PaletteModel(nn.Module):
         return self.config.diffusion.objective == "regression"
 
     def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+        gamma: torch.Tensor | None = None, noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The paper's objective E || f(x, sqrt(gamma) y + sqrt(1 - gamma) eps, gamma) - eps ||_p^p over the mask.
 
-        The pixels outside the mask are known: y_t holds them clean, as at sampling time, and they are not learnt.
-        The regression baseline instead learns f(x, 0, 1) = y with L2 under the mask.
+        ``gamma`` (B,) and ``noise`` (eps, like y) are drawn here from ``generator`` unless given (the trainer's
+        data gives every example its own). The pixels outside the mask are known: y_t holds them clean, as at
+        sampling time, and they are not learnt. The regression baseline instead learns f(x, 0, 1) = y with L2
+        under the mask.
         """
         b = y.shape[0]
         if self.regression:
             y_hat = self.net(x, torch.zeros_like(y), torch.ones(b, device=y.device))
             return diffusion_loss(y_hat.float(), y.float(), mask, p=2)
-        gamma = sample_gamma(self.train_schedule, b, generator).to(y.device)
-        eps = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+        if gamma is None:
+            gamma = sample_gamma(self.train_schedule, b, generator).to(y.device)
+        eps = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device) if noise is None else noise
         y_t = q_sample(y, gamma, eps)
         y_t = y_t * mask + y * (1 - mask)
         eps_hat = self.net(x, y_t, gamma)
         return diffusion_loss(eps_hat.float(), eps.float(), mask, p=1 if self.config.diffusion.loss == "l1" else 2)
+
+    def forward(self, x, y, mask, gamma=None, noise=None) -> torch.Tensor:
+        """The training loss: what DistributedDataParallel wraps, so that gradients are synchronised."""
+        return self.training_loss(x, y, mask, gamma=gamma, noise=noise)
 
     @torch.no_grad()
     def sample(

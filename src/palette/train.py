@@ -1,14 +1,23 @@
 """Training: Adam with linear warm-up, gradient clipping, an EMA of the weights, atomic checkpoints, exact resume.
 
-All randomness of step s is drawn from generators seeded by (seed, s) and of example n by (seed, n), so the data
-position and the random state of a run are its step counter: a resumed run repeats an uninterrupted one exactly.
+One code path for a CPU, one GPU, many GPUs and many nodes, through accelerate: launched plainly, with ``torchrun``
+or with ``accelerate launch``, each process trains on its slice of every global batch (DDP), in micro-batches with
+gradient accumulation when the slice does not fit, optionally in bf16/fp16 autocast, with gradient checkpointing or
+``torch.compile``. Logs, sheets and checkpoints are written by the main process only.
+
+Every random draw of example n (crop, flip, mask, JPEG quality, noise level gamma, noise eps) comes from a generator
+seeded by (seed, n), and step s trains on examples s*B .. s*B + B - 1 (B the global batch): the data position and
+the random state of a run are its step counter, whatever the number of processes. A resumed run repeats an
+uninterrupted one exactly, also on another number of processes (up to floating-point summation order).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +27,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import Config
-from .data import TrainingData, list_images, scan_images, training_loader
+from .data import StepSampler, TrainingData, list_images, scan_images, training_loader
+from .diffusion import NoiseSchedule
 from .errors import PaletteError
 from .model import PaletteModel
 from .sheets import training_sheet
@@ -76,11 +86,55 @@ def check_resumable(saved: Config, wanted: Config, run_dir: Path) -> None:
             )
 
 
+def batch_layout(batch_size: int, processes: int, micro_batch_size: int = 0) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) per process for a global ``batch_size`` over ``processes``.
+
+    The accumulation count is the smallest divisor of the per-process share that keeps micro-batches within
+    ``micro_batch_size`` (0: no limit), so every micro-batch has the same size: 1024 on 8 processes with
+    micro_batch_size 48 is 128 per process, 4 micro-batches of 32.
+    """
+    if batch_size % processes:
+        raise PaletteError(f"--batch-size {batch_size} is the global batch: it must be divisible by the {processes} "
+                           "processes")
+    share = batch_size // processes
+    limit = micro_batch_size or share
+    accumulation = next(a for a in range(-(-share // limit), share + 1) if share % a == 0)
+    return share // accumulation, accumulation
+
+
+def make_accelerator(config: Config):
+    """The accelerate state for ``train.device`` and ``train.mixed_precision`` (CPU runs use gloo between processes)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # accelerate keeps one state per process; a process that trains several runs (a notebook, the tests) with other
+    # devices or precisions starts from a clean one (a launched run keeps its process group)
+    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", 1)) == 1)
+    GradientState._reset_state()
+
+    name = config.train.device
+    device = resolve_device(name) if name != "auto" else None
+    if device is not None and device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(device)  # one process on a chosen GPU
+    cpu = device is not None and device.type == "cpu"
+    if config.train.mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
+        raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
+    return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, resume: bool = False, progress: bool = True):
         config.validate()
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
-        self.device = resolve_device(config.train.device)
+        self.config, self.run_dir = config, Path(run_dir)
+        self.accelerator = make_accelerator(config)
+        self.main = self.accelerator.is_main_process
+        self.progress = progress and self.main
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        cfg = config.train
+        self.micro_batch, self.accumulation = batch_layout(cfg.batch_size, self.world, cfg.micro_batch_size)
         self.task = make_task(config.task.name, config.task.tasks, config.task.weights)
         try:
             self.task.check_channels(config.model.channels)
@@ -96,29 +150,44 @@ class Trainer:
         if resume and existing is None:
             raise PaletteError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
 
-        paths = list_images(config.data.path)
-        report = scan_images(paths, config.model.image_size, config.data.max_bad_fraction, progress)
-        self.paths = report.readable
-        self.bad_files = len(report.unreadable)
+        self.paths, self.bad_files = self._scan(list_images(config.data.path))
+        regression = config.diffusion.objective == "regression"
         self.dataset = TrainingData(
-            self.paths, self.task, config.model.image_size, config.model.channels, config.train.seed,
+            self.paths, self.task, config.model.image_size, config.model.channels, cfg.seed,
             config.data.crop_scale_min, config.data.flip,
+            noise_schedule=None if regression else NoiseSchedule(config.diffusion.train_schedule),
         )
-
-        torch.manual_seed(config.train.seed)
-        self.model = PaletteModel(config).to(self.device)
-        self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
+        torch.manual_seed(cfg.seed)
+        self.model = PaletteModel(config)  # the same initial weights on every process
+        self.model.net.gradient_checkpointing = cfg.gradient_checkpointing
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model.net).requires_grad_(False)
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.train.lr, betas=tuple(config.train.adam_betas),
-            weight_decay=config.train.weight_decay,
+            self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
         )
         self.step = 0
         if resume:
             self._restore(existing)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(self.run_dir / "config.yaml")
+        if cfg.compile:
+            self.model.net.compile()
+        self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.run_dir / "config.yaml")
+
+    def _scan(self, paths: list[Path]) -> tuple[list[Path], int]:
+        """Check the files once, on the main process, and share the result."""
+        result = [None]
+        if self.main:
+            report = scan_images(paths, self.config.model.image_size, self.config.data.max_bad_fraction,
+                                 self.progress)
+            result = [(report.readable, len(report.unreadable))]
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            result = broadcast_object_list(result, from_process=0)
+        return result[0]
 
     def _restore(self, checkpoint: Path) -> None:
         saved = ckpt.config_of(ckpt.read_weights(checkpoint / "model.safetensors")[1], checkpoint)
@@ -128,15 +197,23 @@ class Trainer:
         optimizer, training = ckpt.read_training_state(checkpoint)
         self.optimizer.load_state_dict(optimizer)
         self.step = int(training["step"])
-        log.info("resumed %s at step %d", self.run_dir, self.step)
+        previous = training.get("processes")
+        log.info("resumed %s at step %d%s", self.run_dir, self.step,
+                 f" (written by {previous} process(es), now {self.world})" if previous not in (None, self.world)
+                 else "")
 
-    def save(self) -> Path:
-        training = {"step": self.step, "examples_seen": self.step * self.config.train.batch_size,
-                    "seed": self.config.train.seed, "bad_files": self.bad_files}
-        return ckpt.write_checkpoint(
-            self.run_dir, self.step, self.model.net.state_dict(), self.ema.state_dict(),
-            self.optimizer.state_dict(), self.config, training, keep=self.config.train.keep_checkpoints,
-        )
+    def save(self) -> Path | None:
+        """The main process writes the checkpoint; every process waits until it is complete."""
+        path = None
+        if self.main:
+            training = {"step": self.step, "examples_seen": self.step * self.config.train.batch_size,
+                        "seed": self.config.train.seed, "bad_files": self.bad_files, "processes": self.world}
+            path = ckpt.write_checkpoint(
+                self.run_dir, self.step, self.model.net.state_dict(), self.ema.state_dict(),
+                self.optimizer.state_dict(), self.config, training, keep=self.config.train.keep_checkpoints,
+            )
+        self.accelerator.wait_for_everyone()
+        return path
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -144,36 +221,48 @@ class Trainer:
         ema_params = list(self.ema.parameters())
         torch._foreach_lerp_(ema_params, list(self.model.net.parameters()), 1 - decay)
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimisation step on ``batch``; stops the run on a non-finite loss."""
+    def _to_device(self, micro: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images = {k: micro[k].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                  for k in ("x", "y", "mask", "noise") if k in micro}
+        if "gamma" in micro:
+            images["gamma"] = micro["gamma"].to(self.device, non_blocking=True)
+        return images
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimisation step over this process's micro-batches; stops the run on a non-finite loss."""
         cfg = self.config.train
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        seed = step_seed(cfg.seed, self.step)
-        torch.manual_seed(seed)  # dropout
-        generator = torch.Generator().manual_seed(seed)
-        x, y, mask = (
-            batch[k].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            for k in ("x", "y", "mask")
-        )
-        self.model.train()
-        loss = self.model.training_loss(x, y, mask, generator)
-        if not torch.isfinite(loss):
+        torch.manual_seed(step_seed(cfg.seed, self.step) + self.rank)  # dropout
+        self.ddp_model.train()
+        total = torch.zeros((), device=self.device)
+        for i, micro in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # gradients are all-reduced once per step, on the last micro-batch
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_model)
+            with sync:
+                loss = self.ddp_model(**self._to_device(micro)) / len(micro_batches)
+                self.accelerator.backward(loss)
+            total += loss.detach().float()
+        loss = self.accelerator.reduce(total, reduction="mean") if self.world > 1 else total
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
             last = ckpt.latest_checkpoint(self.run_dir)
             raise PaletteError(
-                f"the loss became {loss.item()} at step {self.step}: training stopped. The last good checkpoint is "
+                f"the loss became {loss_value} at step {self.step}: training stopped. The last good checkpoint is "
                 f"{last if last else '(none written yet)'}; try a lower train.lr or a larger train.warmup_steps"
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(),
+                                                     cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._update_ema()
-        return {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)}
+        return {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
 
-    def fit(self) -> Path:
+    def fit(self) -> Path | None:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
@@ -182,27 +271,28 @@ class Trainer:
         if remaining <= 0:
             log.info("%s is already at step %d of %d", self.run_dir, self.step, cfg.steps)
             return ckpt.latest_checkpoint(self.run_dir)
-        log.info(
-            "training %s on %s: %d images, batch %d, %d steps from step %d, %.2fM parameters",
-            self.config.task.name, self.device, len(self.paths), cfg.batch_size, remaining, self.step,
-            sum(p.numel() for p in self.model.parameters()) / 1e6,
-        )
-        loader = training_loader(
-            self.dataset, self.step * cfg.batch_size, remaining * cfg.batch_size, cfg.batch_size,
-            self.config.data.num_workers,
-        )
-        writer = SummaryWriter(str(self.run_dir / "logs"))
+        if self.main:
+            log.info(
+                "training %s on %d process(es) (%s, %s precision): %d images, global batch %d = %d process(es) x "
+                "%d micro-batch(es) of %d, %d steps from step %d, %.2fM parameters",
+                self.config.task.name, self.world, self.device, cfg.mixed_precision, len(self.paths), cfg.batch_size,
+                self.world, self.accumulation, self.micro_batch, remaining, self.step,
+                sum(p.numel() for p in self.model.parameters()) / 1e6,
+            )
+        sampler = StepSampler(self.step, remaining, cfg.batch_size, self.rank, self.world)
+        loader = iter(training_loader(self.dataset, sampler, self.micro_batch, self.config.data.num_workers))
+        writer = SummaryWriter(str(self.run_dir / "logs")) if self.main else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.config.task.name}", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         last = None
         tick, ticked = time.perf_counter(), 0
         try:
-            for batch in loader:
-                stats = self.train_step(batch)
+            for _ in range(remaining):
+                stats = self.train_step([next(loader) for _ in range(self.accumulation)])
                 ticked += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if writer is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     now = time.perf_counter()
                     stats["images_per_sec"] = ticked * cfg.batch_size / (now - tick)
                     tick, ticked = now, 0
@@ -211,10 +301,13 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     last = self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
-                    self.write_sheets(writer)
+                    if self.main:
+                        self.write_sheets(writer)
+                    self.accelerator.wait_for_everyone()
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
         return last
 
     def write_sheets(self, writer=None) -> list[Path]:

@@ -1,0 +1,184 @@
+"""``palette bench``: how close training and sampling come to this device's measured matmul peak.
+
+For a preset (or the configuration the most used public reimplementation ships, ``--preset public``) on the current
+device: the measured matmul peak (fp32, and bf16 on GPUs), the network's forward FLOPs per image (counted with
+``torch.utils.flop_counter``), training images/s for the step palette trains with (forward, backward, gradient
+clipping, Adam, EMA; random data, so data loading is not included), sampling images/s (one network evaluation per
+image and step), the FLOP/s each achieves (training counts 3x the forward FLOPs) as a fraction of the peak, and the
+peak memory (GPU: allocated by torch; CPU: the process's peak resident set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import Config, apply_overrides, preset
+from .errors import PaletteError
+from .model import PaletteModel
+from .train import resolve_device
+
+# Janspiry/Palette-Image-to-Image-Diffusion-Models' shipped network: 64 channels x (1, 2, 4, 8), 2 residual blocks,
+# attention at 16x16 with 32 channels per head, 64x64 images, batch 8
+PUBLIC = ["model.image_size=64", "model.base_channels=64", "model.channel_mult=1,2,4,8", "model.num_res_blocks=2",
+          "model.attention_resolutions=16", "model.head_channels=32", "model.dropout=0", "train.batch_size=8"]
+
+
+@dataclass
+class BenchResult:
+    preset: str
+    device: str
+    threads: int
+    batch: int
+    precision: str
+    parameters_m: float
+    gflop_forward_per_image: float
+    peak_gflops: float
+    train_images_per_s: float
+    train_gflops: float
+    train_fraction_of_peak: float
+    sample_images_per_s: float
+    sample_gflops: float
+    sample_fraction_of_peak: float
+    peak_memory_gb: float
+
+
+def bench_config(name: str, overrides: list[str] | None = None) -> Config:
+    config = apply_overrides(preset("small"), PUBLIC) if name == "public" else preset(name)
+    config = apply_overrides(config, list(overrides or []))
+    config.preset = name
+    return config
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn, device: torch.device, seconds: float, min_runs: int = 3) -> float:
+    """Runs per second of ``fn`` after two warm-up runs, for about ``seconds`` (at least ``min_runs``)."""
+    for _ in range(2):
+        fn()
+    _sync(device)
+    runs, start = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - start < seconds:
+        fn()
+        runs += 1
+        if device.type == "cuda" and runs % 4 == 0:
+            _sync(device)
+    _sync(device)
+    return runs / (time.perf_counter() - start)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 2.0) -> float:
+    """Measured GFLOP/s of a large square matmul (2 n^3 FLOPs): 4096 on GPUs, 2048 on CPUs."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 * _rate(lambda: torch.mm(a, b), device, seconds) / 1e9
+
+
+def forward_flops(model: PaletteModel, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.net(x[:1], y[:1], gamma[:1])
+    return counter.get_total_flops()
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+
+
+def run_bench(config: Config, device: str = "auto", precision: str = "no", seconds: float = 10.0,
+              gradient_checkpointing: bool = False, compile: bool = False, channels_last: bool = True) -> BenchResult:
+    dev = resolve_device(device)
+    if precision not in ("no", "bf16", "fp16"):
+        raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {precision!r}")
+    if precision == "fp16" and dev.type != "cuda":
+        raise PaletteError("--mixed-precision fp16 needs a CUDA GPU")
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(dev)
+    b, s, c = config.train.batch_size, config.model.image_size, config.model.channels
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = PaletteModel(config).to(dev, memory_format=fmt)
+    model.net.gradient_checkpointing = gradient_checkpointing
+    if compile:
+        model.net.compile()
+    ema = copy.deepcopy(model.net).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(b, c, s, s, device=dev).contiguous(memory_format=fmt)
+    y, noise = torch.randn_like(x), torch.randn_like(x)
+    mask = torch.ones(b, 1, s, s, device=dev)
+    gamma = torch.rand(b, device=dev)
+    flops = forward_flops(model, x, y, gamma)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
+
+    def train_step():
+        with autocast():
+            loss = model(x, y, mask, gamma, noise)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(model.net.parameters()), 1e-4)
+
+    def sample_step():
+        with torch.no_grad(), autocast():
+            model.net(x, y, gamma)
+
+    model.train()
+    train_rate = _rate(train_step, dev, seconds) * b
+    model.eval()
+    sample_rate = _rate(sample_step, dev, seconds / 2) * b
+    peak = matmul_peak(dev, dtype if dtype and dev.type == "cuda" else torch.float32)
+    train_gflops = 3 * flops * train_rate / 1e9
+    sample_gflops = flops * sample_rate / 1e9
+    return BenchResult(
+        preset=config.preset, device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        threads=torch.get_num_threads(), batch=b, precision=precision,
+        parameters_m=sum(p.numel() for p in model.parameters()) / 1e6, gflop_forward_per_image=flops / 1e9,
+        peak_gflops=peak, train_images_per_s=train_rate, train_gflops=train_gflops,
+        train_fraction_of_peak=train_gflops / peak, sample_images_per_s=sample_rate, sample_gflops=sample_gflops,
+        sample_fraction_of_peak=sample_gflops / peak, peak_memory_gb=_peak_memory_gb(dev),
+    )
+
+
+def report(r: BenchResult) -> str:
+    peak_kind = "bf16" if r.precision == "bf16" and not r.device.startswith("cpu") else "fp32"
+    lines = [
+        f"{r.preset}: {r.parameters_m:.1f}M parameters, batch {r.batch}, {r.precision} precision, on {r.device}"
+        + (f" ({r.threads} threads)" if r.device.startswith("cpu") else ""),
+        f"  forward          {r.gflop_forward_per_image:8.2f} GFLOP per image",
+        f"  matmul peak      {r.peak_gflops:8.1f} GFLOP/s ({peak_kind}, measured)",
+        f"  training         {r.train_images_per_s:8.2f} images/s  {r.train_gflops:8.1f} GFLOP/s  "
+        f"{100 * r.train_fraction_of_peak:5.1f}% of peak",
+        f"  sampling         {r.sample_images_per_s:8.2f} images/s  {r.sample_gflops:8.1f} GFLOP/s  "
+        f"{100 * r.sample_fraction_of_peak:5.1f}% of peak",
+        f"  peak memory      {r.peak_memory_gb:8.2f} GB",
+    ]
+    return "\n".join(lines)
+
+
+def as_dict(r: BenchResult) -> dict:
+    return asdict(r)

@@ -1,0 +1,164 @@
+"""Several processes (torchrun, gloo on CPU) against one: training, gradient accumulation, resume, sampling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import MICRO
+
+from palette import checkpoint as ckpt
+from palette.cli import main
+from palette.sampling import load_model
+from palette.train import batch_layout
+
+TRAIN = ["--task", "inpainting", "--preset", "tiny", "--device", "cpu", "--batch-size", "4", "--no-progress"]
+# The paper's learning rate. Parameters are compared after Adam, which divides each gradient by its running RMS: in
+# the first steps, layers behind ADM's zero-initialised output layer get gradients near 1e-9 that are sums of
+# cancelling terms, whose rounding (it depends on how the batch is split) Adam turns into update differences in
+# proportion to the learning rate (measured: 4e-7 after 3 steps at 1e-4, 6e-5 at 1e-3).
+EXACT = [*MICRO, "model.dropout=0", "train.checkpoint_every=1", "train.lr=1e-4"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _torchrun(processes: int, *args: str, wait: bool = True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "palette", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _kill_tree(proc) -> None:
+    """SIGKILL torchrun and its workers (which it starts in sessions of their own)."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    family = [parent, *parent.children(recursive=True)]
+    for p in family:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(family, timeout=30)
+    proc.wait()
+
+
+def _weights(run):
+    return ckpt.read_weights(ckpt.latest_checkpoint(run) / "model.safetensors")[0]
+
+
+def _assert_same_weights(a, b, tol=1e-5):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst < tol, worst
+
+
+def test_batch_layout_splits_the_global_batch_into_equal_micro_batches():
+    assert batch_layout(1024, 8) == (128, 1)
+    assert batch_layout(1024, 8, 48) == (32, 4)
+    assert batch_layout(6, 2, 2) == (1, 3)
+    with pytest.raises(Exception, match="divisible by the 3 processes"):
+        batch_layout(4, 3)
+
+
+def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path):
+    args = [*TRAIN, "--data", str(photo_dir), "--steps", "3"]
+    result = _torchrun(2, "train", *args, "--out", str(tmp_path / "two"), *EXACT)
+    assert main(["train", *args, "--out", str(tmp_path / "one"), *EXACT]) == 0
+    assert "on 2 process(es)" in (tmp_path / "two" / "train.log").read_text()
+    assert "last checkpoint" in result.stdout  # printed once, by the main process
+    assert result.stdout.count("last checkpoint") == 1
+    _assert_same_weights(tmp_path / "two", tmp_path / "one")
+
+
+def test_gradient_accumulation_equals_one_large_batch(photo_dir, tmp_path):
+    args = [*TRAIN, "--data", str(photo_dir), "--steps", "3"]
+    assert main(["train", *args, "--out", str(tmp_path / "whole"), *EXACT]) == 0
+    assert main(["train", *args, "--micro-batch-size", "1", "--out", str(tmp_path / "accumulated"), *EXACT]) == 0
+    assert "1 process(es) x 4 micro-batch(es) of 1" in (tmp_path / "accumulated" / "train.log").read_text()
+    _assert_same_weights(tmp_path / "whole", tmp_path / "accumulated")
+
+
+def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp_path):
+    args = [*TRAIN, "--data", str(photo_dir)]
+    run = tmp_path / "killed"
+    proc = _torchrun(2, "train", *args, "--steps", "100000", "--out", str(run), *EXACT, wait=False)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and not (ckpt.latest_checkpoint(run) and
+                                               ckpt.latest_checkpoint(run).name >= "step-000000002"):
+            time.sleep(0.05)
+    finally:
+        _kill_tree(proc)
+    killed_at = int(ckpt.latest_checkpoint(run).name.split("-")[1])
+    assert ckpt.read_training_state(ckpt.latest_checkpoint(run))[1]["processes"] == 2
+    end = str(killed_at + 3)
+    assert main(["train", *args, "--steps", end, "--out", str(run), "--resume", *EXACT]) == 0
+    assert ckpt.latest_checkpoint(run).name == f"step-{int(end):09d}"
+    assert main(["train", *args, "--steps", end, "--out", str(tmp_path / "whole"), *EXACT]) == 0
+    _assert_same_weights(run, tmp_path / "whole", tol=1e-4)
+    assert isinstance(load_model(run, "cpu").net, torch.nn.Module)
+
+
+def test_sharded_sampling_gives_the_same_images_as_one_process(trained_run, photo_dir, tmp_path):
+    args = ["sample", "--checkpoint", str(trained_run), "--task", "inpainting", "--mask", "center", "--input",
+            str(photo_dir), "--num-samples", "2", "--steps", "3", "--device", "cpu", "--batch-invariant",
+            "--no-progress"]
+    _torchrun(2, *args, "--out", str(tmp_path / "two"))
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 12
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_distributed_eval_shares_the_images_and_reports_once(trained_run, photo_dir, tmp_path):
+    args = ["eval", "--checkpoint", str(trained_run), "--task", "jpeg", "--data", str(photo_dir), "--steps", "2",
+            "--num-samples", "2", "--device", "cpu", "--metrics", "psnr,ssim", "--no-progress"]
+    result = _torchrun(2, *args, "--out", str(tmp_path / "two"))
+    assert result.stdout.count("| Model |") == 1  # the table is printed by the main process only
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["metrics"]["psnr"] == pytest.approx(one["metrics"]["psnr"], abs=0.05)
+    assert sorted(p.name for p in (tmp_path / "two" / "samples").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one" / "samples").iterdir())
+
+
+def test_gradient_checkpointing_trains_the_same_parameters(photo_dir, tmp_path):
+    args = [*TRAIN, "--data", str(photo_dir), "--steps", "2"]
+    assert main(["train", *args, "--out", str(tmp_path / "plain"), *EXACT]) == 0
+    assert main(["train", *args, "--gradient-checkpointing", "--out", str(tmp_path / "ckpt"), *EXACT]) == 0
+    _assert_same_weights(tmp_path / "plain", tmp_path / "ckpt")
+
+
+def test_bf16_mixed_precision_trains_on_cpu_and_fp16_asks_for_a_gpu(photo_dir, tmp_path, capsys):
+    args = [*TRAIN, "--data", str(photo_dir), "--steps", "2"]
+    assert main(["train", *args, "--mixed-precision", "bf16", "--out", str(tmp_path / "bf16"), *EXACT]) == 0
+    assert "bf16 precision" in (tmp_path / "bf16" / "train.log").read_text()
+    weights = _weights(tmp_path / "bf16")
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+    if not torch.cuda.is_available():
+        assert main(["train", *args, "--mixed-precision", "fp16", "--out", str(tmp_path / "fp16"), *EXACT]) == 2
+        assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_bench_reports_throughput_and_fraction_of_peak(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--seconds", "0.2", "--json", str(out),
+                 *MICRO]) == 0
+    text = capsys.readouterr().out
+    assert "% of peak" in text and "images/s" in text
+    (result,) = json.loads(out.read_text())
+    assert result["gflop_forward_per_image"] > 0 and result["peak_gflops"] > 0
+    assert result["train_fraction_of_peak"] == pytest.approx(
+        3 * result["gflop_forward_per_image"] * result["train_images_per_s"] / result["peak_gflops"], rel=1e-3)
