@@ -6,7 +6,8 @@
 
 Images may be PIL images, numpy arrays (H, W) or (H, W, C) of uint8, uint16 or floats in [0, 1], or tensors (C, H, W)
 in [0, 1]; a list, a (B, H, W, C) array or a (B, C, H, W) tensor is a batch. Any size works: each image is resized to
-the model's size, sampled, and the samples resized back to the image's size; for inpainting and uncropping the
+the model's size, sampled, and the samples resized back to the image's size (times the factor for
+super-resolution); for inpainting and uncropping the
 pixels outside the mask are the input's own, exactly (no tiling yet). Each input gives a list of ``num_samples``
 PIL images (tensors in [0, 1] with ``output="tensor"``); a batch gives one such list per input.
 """
@@ -175,4 +176,18 @@ class Palette:
     def restore_jpeg(self, images: ImageLike, **kwargs) -> list:
         """Remove JPEG artefacts from images as they are."""
         return self(images, "jpeg", **kwargs)
+
+    def super_resolve(self, images: ImageLike, factor: int = 4, **kwargs) -> list:
+        """Images ``factor`` (2 or 4) times larger: the input is bicubic-upsampled, then refined (SR3)."""
+        if factor not in (2, 4):
+            raise PaletteError(f"factor must be 2 or 4 (the tasks sr-x2 and sr-x4), got {factor!r}")
+        return self(images, f"sr-x{factor}", **kwargs)
+
+    def deblur(self, images: ImageLike, **kwargs) -> list:
+        """Remove Gaussian or motion blur from images as they are."""
+        return self(images, "deblurring", **kwargs)
+
+    def denoise(self, images: ImageLike, **kwargs) -> list:
+        """Remove Gaussian noise from images as they are."""
+        return self(images, "denoising", **kwargs)
 

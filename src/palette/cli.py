@@ -60,6 +60,7 @@ def cmd_presets(args) -> int:
 
 def _train_config(args):
     from .config import Config, apply_overrides, preset
+    from .tasks import TASK_NAMES
 
     run_dir = Path(args.out)
     flags = {
@@ -75,7 +76,7 @@ def _train_config(args):
     else:
         base = preset(args.preset or "small")
         if args.task is None:
-            raise PaletteError("--task is required: colorization, inpainting, uncropping, jpeg or multi")
+            raise PaletteError(f"--task is required: one of {', '.join((*TASK_NAMES, 'multi'))}")
         if args.data is None:
             raise PaletteError("--data is required: a folder of images or a text file listing image paths")
     given = [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -141,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("train", help="train a model on a folder or list of images")
-    p.add_argument("--task", choices=(*TASK_NAMES, "multi"))
+    p.add_argument("--task", choices=(*TASK_NAMES, "multi"),
+                   help="what to learn: colorization, inpainting, uncropping, jpeg (the paper's), sr-x2 and sr-x4 "
+                        "(super-resolution), deblurring, denoising, or multi (a mix, see task.tasks)")
     p.add_argument("--data", help="folder of images (recursive) or text file listing image paths")
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, logs, sample sheets")
     p.add_argument("--preset", help="tiny, small (default), base or paper; see `palette presets`")
@@ -160,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a trained model on image files")
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--task", required=True, choices=TASK_NAMES,
+                   help="one the checkpoint was trained for; sr-x2 and sr-x4 take the low-resolution image and write "
+                        "one 2 or 4 times larger")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--mask", help=f"inpainting mask file (white = fill) or a name: {', '.join(MASK_NAMES)}")
     p.add_argument("--side", default="right", choices=("left", "right", "top", "bottom", "all"),

@@ -15,11 +15,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import PaletteError
-from .tasks import Task, luma
+from .tasks import Task, luma, resize
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +92,6 @@ def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 1 and image.shape[0] == 3:
         return luma(image)
     return image
-
-
-def resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize of a (C, H, W) float image, clamped to the input's range."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(image.shape[1:]) == size:
-        return image
-    out = F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
-    return out.clamp(float(image.min()), float(image.max()))
 
 
 def random_square_crop(image: torch.Tensor, size: int, rng: np.random.Generator, scale_min: float = 1.0, flip: bool = True) -> torch.Tensor:

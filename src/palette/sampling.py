@@ -1,7 +1,7 @@
 """Sampling a trained model on image files: what ``palette sample`` does.
 
-Each input is resized to the model's size, sampled, and the samples are resized back to the input's size. For
-inpainting and uncropping the known pixels of the output come from the input file at full resolution; only the hole
+Each input is resized to the model's size, sampled, and the samples are resized back to the input's size (times the
+factor for super-resolution, whose input is first bicubic-upsampled as in SR3). For inpainting and uncropping the known pixels of the output come from the input file at full resolution; only the hole
 is generated. Each input's randomness depends on (seed, sample index) alone, not on the other files of a folder.
 """
 
@@ -84,11 +84,16 @@ def make_condition(
     model: PaletteModel, task: str, image: torch.Tensor, rng: np.random.Generator,
     mask: np.ndarray | str | None = None, side: str = "right",
 ) -> Condition:
-    """Build x for ``task`` from ``image`` (C, H, W) in [0, 1] at any size."""
+    """Build x for ``task`` from ``image`` (C, H, W) in [0, 1] at any size.
+
+    For super-resolution ``image`` is the low-resolution input: it is bicubic-upsampled by the factor first (SR3).
+    """
     size = model.config.model.image_size
-    original = image * 2 - 1
-    small = resize(original, size)
     t = make_task(task)
+    original = image * 2 - 1
+    if t.scale != 1:
+        original = resize(original, (image.shape[1] * t.scale, image.shape[2] * t.scale))
+    small = resize(original, size)
     if not t.masked:
         x, m = t.condition(small, rng)
         return Condition(original, x, m, None, False)
