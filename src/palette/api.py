@@ -25,7 +25,7 @@ from .data import image_to_tensor, load_image, match_channels
 from .errors import PaletteError
 from .model import PaletteModel
 from .sampling import check_sampling_args, check_task, load_model, make_condition, sample_conditions
-from .sheets import to_pil
+from .imagefile import to_pil
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -138,7 +138,7 @@ class Palette:
         if task == "inpainting" and any(m is None for m in masks):
             raise PaletteError("inpainting needs a mask: an array of the image's size (nonzero = fill) or a name")
         steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="")
-        channels = self.config.model.channels
+        channels = self.config.model.condition_channels
         conditions = []
         for item, m in zip(items, masks):
             image = _one_image(item, channels)

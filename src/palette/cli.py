@@ -60,7 +60,7 @@ def cmd_presets(args) -> int:
 
 def _train_config(args):
     from .config import Config, apply_overrides, preset
-    from .tasks import TASK_NAMES
+    from .tasks import PAIRED, TASK_NAMES
 
     run_dir = Path(args.out)
     flags = {
@@ -76,9 +76,10 @@ def _train_config(args):
     else:
         base = preset(args.preset or "small")
         if args.task is None:
-            raise PaletteError(f"--task is required: one of {', '.join((*TASK_NAMES, 'multi'))}")
+            raise PaletteError(f"--task is required: one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}")
         if args.data is None:
-            raise PaletteError("--data is required: a folder of images or a text file listing image paths")
+            raise PaletteError("--data is required: a folder of images or a text file listing image paths (for "
+                               "--task paired: a folder holding source/ and target/, or a CSV of source,target pairs)")
     given = [f"{k}={v}" for k, v in flags.items() if v is not None]
     return apply_overrides(base, given + list(args.overrides))
 
@@ -132,7 +133,7 @@ def cmd_serve(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .masks import MASK_NAMES
     from .samplers import SAMPLERS, SCHEDULES
-    from .tasks import TASK_NAMES
+    from .tasks import PAIRED, TASK_NAMES
 
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
     parser.add_argument("--verbose", action="store_true", help="more detailed logs")
@@ -142,10 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("train", help="train a model on a folder or list of images")
-    p.add_argument("--task", choices=(*TASK_NAMES, "multi"),
+    p.add_argument("--task", choices=(*TASK_NAMES, PAIRED, "multi"),
                    help="what to learn: colorization, inpainting, uncropping, jpeg (the paper's), sr-x2 and sr-x4 "
-                        "(super-resolution), deblurring, denoising, or multi (a mix, see task.tasks)")
-    p.add_argument("--data", help="folder of images (recursive) or text file listing image paths")
+                        "(super-resolution), deblurring, denoising, paired (x and y given as files), or multi (a mix, "
+                        "see task.tasks)")
+    p.add_argument("--data", help="folder of images (recursive) or text file listing image paths; for --task paired "
+                                  "a folder holding source/ and target/ (matching file names) or a CSV of "
+                                  "source,target paths")
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, logs, sample sheets")
     p.add_argument("--preset", help="tiny, small (default), base or paper; see `palette presets`")
     p.add_argument("--image-size", type=int)
@@ -163,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a trained model on image files")
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
-    p.add_argument("--task", required=True, choices=TASK_NAMES,
+    p.add_argument("--task", required=True, choices=(*TASK_NAMES, PAIRED),
                    help="one the checkpoint was trained for; sr-x2 and sr-x4 take the low-resolution image and write "
-                        "one 2 or 4 times larger")
+                        "one 2 or 4 times larger; paired takes source images (16-bit in, 16-bit out)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--mask", help=f"inpainting mask file (white = fill) or a name: {', '.join(MASK_NAMES)}")
     p.add_argument("--side", default="right", choices=("left", "right", "top", "bottom", "all"),

@@ -17,7 +17,7 @@ import yaml
 
 from .diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, ScheduleConfig
 from .errors import PaletteError
-from .tasks import MULTI_TASK_DEFAULT, TASK_NAMES
+from .tasks import MULTI_TASK_DEFAULT, PAIRED, TASK_NAMES
 from .unet import UNetConfig
 
 
@@ -36,7 +36,8 @@ class DiffusionConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "inpainting"  # colorization, inpainting, uncropping, jpeg or multi
+    name: str = "inpainting"  # colorization, inpainting, uncropping, jpeg, sr-x2, sr-x4, deblurring, denoising,
+    # paired (source/target files) or multi
     tasks: tuple[str, ...] = MULTI_TASK_DEFAULT  # what ``multi`` mixes
     weights: tuple[float, ...] = ()  # ``multi``'s mixing weights, one per task (empty: uniform)
 
@@ -48,6 +49,7 @@ class DataConfig:
     flip: bool = True
     num_workers: int = 1
     max_bad_fraction: float = 0.01  # stop when more files than this cannot be read
+    target_bits: int = 8  # found in the data: 16 when training targets have 16-bit samples (samples are written so)
 
 
 @dataclass
@@ -100,11 +102,20 @@ class Config:
 
     def validate(self) -> None:
         """Raise PaletteError for values that cannot work together."""
-        if self.task.name not in (*TASK_NAMES, "multi"):
-            raise PaletteError(f"unknown task {self.task.name!r}: choose one of {', '.join((*TASK_NAMES, 'multi'))}")
+        if self.task.name not in (*TASK_NAMES, PAIRED, "multi"):
+            raise PaletteError(
+                f"unknown task {self.task.name!r}: choose one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}"
+            )
         for t in self.task.tasks:
+            if t == PAIRED:
+                raise PaletteError("task.tasks: paired data cannot be mixed with degradations in a multi-task model")
             if t not in TASK_NAMES:
                 raise PaletteError(f"unknown task {t!r} in task.tasks: choose from {', '.join(TASK_NAMES)}")
+        source = self.model.source_channels
+        if self.model.channels not in (1, 3) or source not in (None, 1, 3):
+            raise PaletteError(
+                f"model.channels and model.source_channels must be 1 or 3, got {self.model.channels} and {source}"
+            )
         if self.diffusion.loss not in ("l1", "l2"):
             raise PaletteError(f"--loss must be l2 or l1, got {self.diffusion.loss!r}")
         if self.diffusion.objective not in ("diffusion", "regression"):

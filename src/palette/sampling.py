@@ -20,10 +20,10 @@ from . import checkpoint as ckpt
 from . import masks as M
 from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
+from .imagefile import probe, save_image
 from .model import PaletteModel
 from .samplers import SAMPLERS, SCHEDULES
-from .sheets import to_pil
-from .tasks import TASK_NAMES, make_task, sample_tasks
+from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
 from .train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def load_model(path: str | Path, device: str | torch.device = "auto", use_ema: b
 
 
 def check_task(model: PaletteModel, task: str, where: str = "checkpoint") -> None:
-    if task not in TASK_NAMES:
-        raise PaletteError(f"unknown task {task!r}: choose one of {', '.join(TASK_NAMES)}")
+    if task not in (*TASK_NAMES, PAIRED):
+        raise PaletteError(f"unknown task {task!r}: choose one of {', '.join((*TASK_NAMES, PAIRED))}")
     can = sample_tasks(model.config.task.name, model.config.task.tasks)
     if task not in can:
         raise PaletteError(f"the {where} was trained for {model.config.task.name} ({', '.join(can)}); it cannot do {task}")
@@ -139,10 +139,6 @@ def input_files(source: str | Path) -> list[Path]:
     raise PaletteError(f"--input {source}: no such file or folder")
 
 
-def save_image(image: torch.Tensor, path: Path) -> None:
-    to_pil(image).save(path)
-
-
 def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | None, schedule: str | None,
                         num_samples: int, flag: str = "--") -> tuple[int, str]:
     """Validate the sampling arguments (``flag`` prefixes their names in messages); returns (steps, schedule)."""
@@ -228,6 +224,8 @@ def sample_files(
 ) -> list[Path]:
     """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
 
+    They are 16-bit PNG files when the input file or the model's training targets have 16-bit samples.
+
     With ``save_process`` = P > 0, also ``<stem>_<k>_process.png``: a strip of the y0 estimates at P evenly spaced
     steps, the last being the final sample (the paper's figures of the denoising process).
     """
@@ -237,27 +235,29 @@ def sample_files(
     steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    channels = model.config.model.channels
-    conditions, stems = [], []
+    channels = model.config.model.condition_channels
+    conditions, stems, bits = [], [], []
     for path in inputs:
         try:
             image = load_image(path, channels)
+            depth = max(probe(path).bits, model.config.data.target_bits)
         except (OSError, ValueError) as err:
             raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
         cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side)
-        save_image(finish_input(cond), out_dir / f"{path.stem}_input.png")
+        save_image(finish_input(cond), out_dir / f"{path.stem}_input.png", depth)
         conditions.append(cond)
         stems.append(path.stem)
+        bits.append(depth)
     total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
         results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
                                     on_step=lambda: bar.update(1), save_process=save_process,
                                     batch_invariant=batch_invariant)
     written = []
-    for stem, samples in zip(stems, results):
+    for stem, depth, samples in zip(stems, bits, results):
         for k, (sample, strip) in enumerate(samples):
             target = out_dir / f"{stem}_{k}.png"
-            save_image(sample, target)
+            save_image(sample, target, depth)
             written.append(target)
             if strip is not None:
                 save_image(strip, out_dir / f"{stem}_{k}_process.png")

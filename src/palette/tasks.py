@@ -22,6 +22,7 @@ from PIL import Image
 from . import masks as M
 
 TASK_NAMES = ("colorization", "inpainting", "uncropping", "jpeg", "sr-x2", "sr-x4", "deblurring", "denoising")
+PAIRED = "paired"  # x comes with y from the data (source/ and target/ files), not from a degradation
 MULTI_TASK_DEFAULT = ("colorization", "inpainting", "jpeg")  # the paper's multi-task model
 
 
@@ -267,6 +268,18 @@ class Denoising(Task):
         return (image + noise * (2 * sigma / 255)).clamp(-1, 1), _full_mask(image)
 
 
+class Paired(Task):
+    """x is given by the data: a source image paired with its target (:func:`palette.data.list_pairs`)."""
+
+    name = PAIRED
+
+    def __call__(self, y, rng):
+        raise ValueError("paired examples come from source and target files, not from a degradation of y")
+
+    def condition(self, image, rng, **params):
+        return image, _full_mask(image)
+
+
 class MultiTask(Task):
     """Each example is drawn from one of ``tasks`` with probability proportional to ``weights``."""
 
@@ -302,8 +315,10 @@ def make_task(name: str, tasks: Sequence[str] = MULTI_TASK_DEFAULT, weights: Seq
     """A task by name; ``multi`` mixes ``tasks`` (with ``weights``) example by example."""
     if name == "multi":
         return MultiTask([make_task(t) for t in tasks], weights or None)
+    if name == PAIRED:
+        return Paired()
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join((*TASK_NAMES, 'multi'))}")
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}")
     return _TASKS[name]()
 
 

@@ -7,6 +7,7 @@ position and the random state of a run are its step counter: a resumed run repea
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -18,11 +19,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import Config
-from .data import TrainingData, list_images, scan_images, training_loader
+from .data import TrainingData, list_images, list_pairs, scan_images, training_loader
 from .errors import PaletteError
 from .model import PaletteModel
 from .sheets import training_sheet
-from .tasks import make_task
+from .tasks import PAIRED, make_task
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,18 @@ def check_resumable(saved: Config, wanted: Config, run_dir: Path) -> None:
             )
 
 
+def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[int, ...]) -> Config:
+    """The config with what the data decides: the bit depth of the targets and, for paired data, the channels of
+    the source and the target (3 if any file of that side is in colour, else 1)."""
+    model = config.model
+    if config.task.name == PAIRED:
+        model = dataclasses.replace(model, source_channels=channels[0], channels=channels[1])
+        log.info("paired data: %d-channel sources, %d-channel targets, %d-bit targets", channels[0], channels[1],
+                 bits[-1])
+    data = dataclasses.replace(config.data, target_bits=bits[-1])
+    return dataclasses.replace(config, model=model, data=data)
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, resume: bool = False, progress: bool = True):
         config.validate()
@@ -96,13 +109,15 @@ class Trainer:
         if resume and existing is None:
             raise PaletteError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
 
-        paths = list_images(config.data.path)
-        report = scan_images(paths, config.model.image_size, config.data.max_bad_fraction, progress)
+        paired = config.task.name == PAIRED
+        items = list_pairs(config.data.path) if paired else list_images(config.data.path)
+        report = scan_images(items, config.model.image_size, config.data.max_bad_fraction, progress)
         self.paths = report.readable
         self.bad_files = len(report.unreadable)
+        self.config = config = with_data_properties(config, report.channels, report.bits)
         self.dataset = TrainingData(
             self.paths, self.task, config.model.image_size, config.model.channels, config.train.seed,
-            config.data.crop_scale_min, config.data.flip,
+            config.data.crop_scale_min, config.data.flip, config.model.condition_channels,
         )
 
         torch.manual_seed(config.train.seed)
