@@ -60,7 +60,7 @@ def cmd_presets(args) -> int:
 
 def _train_config(args):
     from .config import Config, apply_overrides, preset
-    from .tasks import PAIRED, TASK_NAMES
+    from .tasks import PAIRED, TASK_NAMES, parse_task_weights
 
     run_dir = Path(args.out)
     flags = {
@@ -81,6 +81,14 @@ def _train_config(args):
             raise PaletteError("--data is required: a folder of images or a text file listing image paths (for "
                                "--task paired: a folder holding source/ and target/, or a CSV of source,target pairs)")
     given = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.tasks is not None:
+        if (args.task or base.task.name) != "multi":
+            raise PaletteError(f"--tasks {args.tasks}: task weights need --task multi")
+        try:
+            names, weights = parse_task_weights(args.tasks)
+        except ValueError as err:
+            raise PaletteError(f"--tasks: {err}") from None
+        given += [f"task.tasks={','.join(names)}", f"task.weights={','.join(map(str, weights))}"]
     return apply_overrides(base, given + list(args.overrides))
 
 
@@ -146,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=(*TASK_NAMES, PAIRED, "multi"),
                    help="what to learn: colorization, inpainting, uncropping, jpeg (the paper's), sr-x2 and sr-x4 "
                         "(super-resolution), deblurring, denoising, paired (x and y given as files), or multi (a mix, "
-                        "see task.tasks)")
+                        "see --tasks)")
+    p.add_argument("--tasks", metavar="NAME[:WEIGHT],...",
+                   help="--task multi: the tasks to mix and their sampling weights, normalised, e.g. "
+                        "colorization:1,inpainting:2,jpeg:1 (a name alone weighs 1; default: the paper's "
+                        "colorization,inpainting,jpeg, equally)")
     p.add_argument("--data", help="folder of images (recursive) or text file listing image paths; for --task paired "
                                   "a folder holding source/ and target/ (matching file names) or a CSV of "
                                   "source,target paths")

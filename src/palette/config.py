@@ -39,7 +39,7 @@ class TaskConfig:
     name: str = "inpainting"  # colorization, inpainting, uncropping, jpeg, sr-x2, sr-x4, deblurring, denoising,
     # paired (source/target files) or multi
     tasks: tuple[str, ...] = MULTI_TASK_DEFAULT  # what ``multi`` mixes
-    weights: tuple[float, ...] = ()  # ``multi``'s mixing weights, one per task (empty: uniform)
+    weights: tuple[float, ...] = ()  # ``multi``'s sampling weights, one per task, normalised (empty: uniform)
 
 
 @dataclass
@@ -105,6 +105,14 @@ class Config:
         if self.task.name not in (*TASK_NAMES, PAIRED, "multi"):
             raise PaletteError(
                 f"unknown task {self.task.name!r}: choose one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}"
+            )
+        tasks, weights = self.task.tasks, self.task.weights
+        if len(set(tasks)) != len(tasks):
+            raise PaletteError(f"task.tasks names a task twice: {', '.join(tasks)}")
+        if weights and (len(weights) != len(tasks) or not all(w > 0 for w in weights)):
+            raise PaletteError(
+                f"task.weights must be one positive number per task of task.tasks ({', '.join(tasks)}), got "
+                f"{list(weights)}"
             )
         for t in self.task.tasks:
             if t == PAIRED:

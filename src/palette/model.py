@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .diffusion import NoiseSchedule, ancestral_sample, diffusion_loss, q_sample, sample_gamma
+from .diffusion import NoiseSchedule, ancestral_sample, per_image_loss, q_sample, sample_gamma
 from .samplers import SCHEDULES, check_sampler, make_scheduler, scheduler_sample
 from .unet import UNet
 
@@ -43,16 +43,22 @@ class PaletteModel(nn.Module):
         The pixels outside the mask are known: y_t holds them clean, as at sampling time, and they are not learnt.
         The regression baseline instead learns f(x, 0, 1) = y with L2 under the mask.
         """
+        return self.training_losses(x, y, mask, generator).mean()
+
+    def training_losses(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The loss of :meth:`training_loss` for each image of the batch, shape (B,)."""
         b = y.shape[0]
         if self.regression:
             y_hat = self.net(x, torch.zeros_like(y), torch.ones(b, device=y.device))
-            return diffusion_loss(y_hat.float(), y.float(), mask, p=2)
+            return per_image_loss(y_hat.float(), y.float(), mask, p=2)
         gamma = sample_gamma(self.train_schedule, b, generator).to(y.device)
         eps = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
         y_t = q_sample(y, gamma, eps)
         y_t = y_t * mask + y * (1 - mask)
         eps_hat = self.net(x, y_t, gamma)
-        return diffusion_loss(eps_hat.float(), eps.float(), mask, p=1 if self.config.diffusion.loss == "l1" else 2)
+        return per_image_loss(eps_hat.float(), eps.float(), mask, p=1 if self.config.diffusion.loss == "l1" else 2)
 
     @torch.no_grad()
     def sample(

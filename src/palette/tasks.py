@@ -322,6 +322,33 @@ def make_task(name: str, tasks: Sequence[str] = MULTI_TASK_DEFAULT, weights: Seq
     return _TASKS[name]()
 
 
+def parse_task_weights(spec: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """``colorization:1,inpainting:2,jpeg`` -> the tasks and their weights (a name alone weighs 1).
+
+    The weights are relative sampling probabilities: each example is drawn from a task with probability
+    weight / sum of weights.
+    """
+    names, weights = [], []
+    for part in spec.split(","):
+        name, _, weight = part.strip().partition(":")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"{spec!r} has an empty entry: write name:weight pairs separated by commas")
+        if name not in TASK_NAMES:
+            raise ValueError(f"unknown task {name!r} in {spec!r}: choose from {', '.join(TASK_NAMES)}")
+        if name in names:
+            raise ValueError(f"{name} appears twice in {spec!r}")
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"the weight of {name} in {spec!r} is not a number: {weight!r}") from None
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"the weight of {name} in {spec!r} must be a positive number, got {weight}")
+        names.append(name)
+        weights.append(value)
+    return tuple(names), tuple(weights)
+
+
 def sample_tasks(name: str, tasks: Sequence[str] = MULTI_TASK_DEFAULT) -> tuple[str, ...]:
     """The tasks a model trained on ``name`` can sample."""
     return tuple(tasks) if name == "multi" else (name,)

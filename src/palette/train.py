@@ -130,6 +130,7 @@ class Trainer:
             weight_decay=config.train.weight_decay,
         )
         self.step = 0
+        self.task_losses: dict[str, list[float]] = {}  # per-example losses of each task since the last log
         if resume:
             self._restore(existing)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,8 @@ class Trainer:
             for k in ("x", "y", "mask")
         )
         self.model.train()
-        loss = self.model.training_loss(x, y, mask, generator)
+        losses = self.model.training_losses(x, y, mask, generator)
+        loss = losses.mean()
         if not torch.isfinite(loss):
             last = ckpt.latest_checkpoint(self.run_dir)
             raise PaletteError(
@@ -186,7 +188,16 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         self._update_ema()
+        for name, value in zip(batch.get("task", ()), losses.detach().float().cpu().tolist()):
+            self.task_losses.setdefault(name, []).append(value)
         return {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)}
+
+    def log_task_losses(self, writer) -> None:
+        """A multi-task run's mean loss of each task's examples since the last log, as ``train/loss/<task>``."""
+        if self.config.task.name == "multi":
+            for name, values in sorted(self.task_losses.items()):
+                writer.add_scalar(f"train/loss/{name}", sum(values) / len(values), self.step)
+        self.task_losses = {}
 
     def fit(self) -> Path:
         from torch.utils.tensorboard import SummaryWriter
@@ -223,6 +234,7 @@ class Trainer:
                     tick, ticked = now, 0
                     for key, value in stats.items():
                         writer.add_scalar(f"train/{key}", value, self.step)
+                    self.log_task_losses(writer)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     last = self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
