@@ -82,6 +82,18 @@ def _mask_array(mask: Any, size: tuple[int, int]) -> np.ndarray | str:
     return mask != 0
 
 
+def _counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
+    """A step callback that reports (steps done, total) to ``progress``."""
+    done = [0]
+
+    def on_step():
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    return on_step
+
+
 class Palette:
     """A trained Palette model with one method per task."""
 
@@ -148,15 +160,8 @@ class Palette:
             except ValueError as err:
                 raise PaletteError(str(err)) from None
         total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
-        done = [0]
-
-        def on_step():
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-
         results = sample_conditions(self.model, conditions, num_samples, steps, seed, sampler, eta, schedule,
-                                    batch_size, on_step=on_step, batch_invariant=batch_invariant)
+                                    batch_size, on_step=_counter(progress, total), batch_invariant=batch_invariant)
         convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)
         outputs = [[convert(sample) for sample, _ in samples] for samples in results]
         return outputs if batched else outputs[0]
@@ -176,6 +181,24 @@ class Palette:
     def restore_jpeg(self, images: ImageLike, **kwargs) -> list:
         """Remove JPEG artefacts from images as they are."""
         return self(images, "jpeg", **kwargs)
+
+    def panorama(self, image: ImageLike, extend: int, direction: str = "horizontal",
+                 progress: Callable[[int, int], None] | None = None, output: str = "pil", **sampling):
+        """One image extended ``extend`` times on each side by uncropping (left and right, or up and down with
+        ``direction="vertical"``), each time by half its height (width); its own pixels stay exactly as they are.
+
+        A 256x256 image with ``extend=8`` becomes 256x2304, the paper's panorama. ``sampling`` takes ``steps``,
+        ``sampler``, ``seed``, ``eta`` and ``schedule`` as for a call of the model.
+        """
+        from .panorama import extend_image
+
+        if output not in ("pil", "tensor"):
+            raise PaletteError(f"output must be 'pil' or 'tensor', got {output!r}")
+        picture = _one_image(image, self.config.model.channels)
+        steps = sampling.get("steps") or self.config.diffusion.sample_steps
+        out = extend_image(self.model, picture, extend, direction, on_step=_counter(progress, extend * steps),
+                           **sampling)
+        return to_pil(out) if output == "pil" else (out + 1) / 2
 
     def super_resolve(self, images: ImageLike, factor: int = 4, **kwargs) -> list:
         """Images ``factor`` (2 or 4) times larger: the input is bicubic-upsampled, then refined (SR3)."""

@@ -119,6 +119,35 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_panorama(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import load_image
+    from .imagefile import probe, save_image
+    from .panorama import extend_image
+    from .sampling import check_sampling_args, load_model
+
+    model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
+    steps, _ = check_sampling_args(model, args.steps, args.sampler, args.schedule, 1)
+    path = Path(args.input)
+    if not path.is_file():
+        raise PaletteError(f"--input {path}: no such file")
+    if args.extend < 1:
+        raise PaletteError(f"--extend must be at least 1, got {args.extend}")
+    try:
+        image, bits = load_image(path, model.config.model.channels), probe(path).bits
+    except (OSError, ValueError) as err:
+        raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
+    with tqdm(total=args.extend * steps, desc="panorama", unit="step", disable=args.no_progress) as bar:
+        pano = extend_image(model, image, args.extend, args.direction, steps=steps, sampler=args.sampler,
+                            seed=args.seed, eta=args.eta, schedule=args.schedule, on_step=lambda: bar.update(1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(pano, out, bits)
+    print(f"wrote {out} ({pano.shape[2]}x{pano.shape[1]})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -138,9 +167,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every sampling command shares."""
+    from .samplers import SAMPLERS, SCHEDULES
+
+    p.add_argument("--steps", type=int, help="network evaluations per sample (default: diffusion.sample_steps)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="ancestral (the paper's), ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: diffusion.sampler)")
+    p.add_argument("--eta", type=float, help="DDIM's noise, 0 (deterministic) to 1")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .masks import MASK_NAMES
-    from .samplers import SAMPLERS, SCHEDULES
+    from .samplers import SAMPLERS
     from .tasks import PAIRED, TASK_NAMES
 
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
@@ -187,23 +232,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--side", default="right", choices=("left", "right", "top", "bottom", "all"),
                    help="uncropping: the side to extend (default right, the paper's evaluation)")
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--steps", type=int, help="network evaluations per sample (default: diffusion.sample_steps)")
-    p.add_argument("--sampler", choices=SAMPLERS,
-                   help="ancestral (the paper's), ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: diffusion.sampler)")
-    p.add_argument("--eta", type=float, help="DDIM's noise, 0 (deterministic) to 1")
-    p.add_argument("--schedule", choices=SCHEDULES,
-                   help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
+    _sampling_flags(p)
     p.add_argument("--save-process", type=int, nargs="?", const=8, default=0, metavar="P",
                    help="also write <stem>_<k>_process.png, the y0 estimates at P steps (default 8)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="images sampled at once")
     p.add_argument("--batch-invariant", action="store_true",
                    help="run the network one image at a time: each output is bit-identical to sampling it alone")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--out", required=True)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("panorama", help="extend an image again and again with an uncropping model")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
+    p.add_argument("--input", required=True, help="the image to extend (its pixels are kept exactly)")
+    p.add_argument("--extend", type=int, required=True, metavar="N",
+                   help="applications on each side, each adding half the image's height (width if vertical): "
+                        "a 256x256 image with N = 8 becomes 256x2304, the paper's panorama")
+    p.add_argument("--direction", default="horizontal", choices=("horizontal", "vertical"),
+                   help="horizontal (default): left and right; vertical: up and down")
+    p.add_argument("--out", required=True, help="the panorama's file (PNG)")
+    _sampling_flags(p)
+    p.set_defaults(func=cmd_panorama)
 
     p = sub.add_parser("serve", help="a web page to sample a trained model")
     p.add_argument("--checkpoint", help="run folder or .safetensors file (or load one from the page)")

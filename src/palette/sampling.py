@@ -171,12 +171,15 @@ def sample_conditions(
     on_step: Callable[[], None] | None = None,
     save_process: int = 0,
     batch_invariant: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """Sample every condition ``num_samples`` times, ``batch_size`` images per network call.
 
-    Returns, per condition and sample k (seed ``seed + k``), the sample at the input's size in [-1, 1] and, with
-    ``save_process`` = P > 0, a strip of the y0 estimates at P evenly spaced steps (the last is the final sample).
+    Returns, per condition and sample k (seed ``seed + k``, or ``seeds[i] + k`` for condition i when ``seeds`` is
+    given), the sample at the input's size in [-1, 1] and, with ``save_process`` = P > 0, a strip of the y0
+    estimates at P evenly spaced steps (the last is the final sample).
     """
+    seeds = [seed] * len(conditions) if seeds is None else list(seeds)
     device = next(model.parameters()).device
     size = model.config.model.image_size
     jobs = [(c, i, k) for i, c in enumerate(conditions) for k in range(num_samples)]
@@ -196,7 +199,7 @@ def sample_conditions(
             if i in keep_at:
                 snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
 
-        out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk], callback=callback,
+        out = model.sample(x, m, known, steps=steps, seeds=[seeds[i] + k for _, i, k in chunk], callback=callback,
                            sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant)
         for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
             strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
