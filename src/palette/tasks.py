@@ -22,6 +22,7 @@ from PIL import Image
 from . import masks as M
 
 TASK_NAMES = ("colorization", "inpainting", "uncropping", "jpeg", "sr-x2", "sr-x4", "deblurring", "denoising")
+PAPER_TASKS = ("colorization", "inpainting", "uncropping", "jpeg")  # the four tasks of the paper
 PAIRED = "paired"  # x comes with y from the data (source/ and target/ files), not from a degradation
 MULTI_TASK_DEFAULT = ("colorization", "inpainting", "jpeg")  # the paper's multi-task model
 
