@@ -24,7 +24,15 @@ from PIL import Image
 from .data import image_to_tensor, load_image, match_channels
 from .errors import PaletteError
 from .model import PaletteModel
-from .sampling import check_sampling_args, check_task, load_model, make_condition, sample_conditions
+from .sampling import (
+    check_sampling_args,
+    check_task,
+    load_model,
+    make_condition,
+    network_calls,
+    tile_overlap_of,
+    sample_conditions,
+)
 from .imagefile import to_pil
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
@@ -131,6 +139,8 @@ class Palette:
         output: str = "pil",
         batch_size: int = 16,
         batch_invariant: bool = False,
+        tile: bool = False,
+        overlap: int | None = None,
     ) -> list:
         """Sample ``task`` on ``images``: a list of ``num_samples`` outputs per input (a list of lists for a batch).
 
@@ -139,6 +149,9 @@ class Palette:
         left, right, top, bottom or all. Sample k of every input uses seed ``seed + k``.
         ``progress(done, total)`` is called after every network evaluation. ``batch_invariant=True`` makes each
         sample bit-identical to the same input sampled alone (the network then runs one image at a time).
+        ``tile=True`` samples each image at its own size in overlapping tiles of the model's size, blended at every
+        step (``overlap`` pixels, default a quarter of the model's size): for the local tasks (colorization, JPEG,
+        super-resolution, deblurring, denoising, paired, inpainting of small holes), not uncropping.
         """
         check_task(self.model, task, where="model")
         if output not in ("pil", "tensor"):
@@ -150,16 +163,18 @@ class Palette:
         if task == "inpainting" and any(m is None for m in masks):
             raise PaletteError("inpainting needs a mask: an array of the image's size (nonzero = fill) or a name")
         steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="")
+        tile_overlap = tile_overlap_of(self.model, tile, overlap, flag="")
         channels = self.config.model.condition_channels
         conditions = []
         for item, m in zip(items, masks):
             image = _one_image(item, channels)
             m = None if m is None else _mask_array(m, tuple(image.shape[1:]))
             try:
-                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, 0]), m, side))
+                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, 0]), m, side,
+                                                 tile_overlap))
             except ValueError as err:
                 raise PaletteError(str(err)) from None
-        total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
+        total = network_calls(conditions, num_samples, batch_size, steps)
         results = sample_conditions(self.model, conditions, num_samples, steps, seed, sampler, eta, schedule,
                                     batch_size, on_step=_counter(progress, total), batch_invariant=batch_invariant)
         convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)

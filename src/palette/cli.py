@@ -104,16 +104,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .sampling import input_files, load_model, sample_files
+    from .sampling import input_files, load_model, sample_files, tile_overlap_of
 
     if args.num_samples < 1:
         raise PaletteError(f"--num-samples must be at least 1, got {args.num_samples}")
     model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
+    tile_overlap = tile_overlap_of(model, args.tile, args.overlap)
     written = sample_files(
         model, args.task, input_files(args.input), Path(args.out), num_samples=args.num_samples, steps=args.steps,
         seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
         sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
-        batch_invariant=args.batch_invariant,
+        batch_invariant=args.batch_invariant, tile_overlap=tile_overlap,
     )
     print(f"wrote {len(written)} sample(s) to {args.out}")
     return 0
@@ -238,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images sampled at once")
     p.add_argument("--batch-invariant", action="store_true",
                    help="run the network one image at a time: each output is bit-identical to sampling it alone")
+    p.add_argument("--tile", action="store_true",
+                   help="sample each image at its own size in overlapping tiles of the model's size, blended at every "
+                        "step (colorization, jpeg, sr-x2/x4, deblurring, denoising, paired, inpainting of small holes)")
+    p.add_argument("--overlap", type=int, metavar="PX", help="--tile: pixels shared by neighbouring tiles "
+                                                              "(default: a quarter of the model's size)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
 

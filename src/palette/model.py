@@ -15,6 +15,7 @@ from torch import nn
 from .config import Config
 from .diffusion import NoiseSchedule, ancestral_sample, per_image_loss, q_sample, sample_gamma
 from .samplers import SCHEDULES, check_sampler, make_scheduler, scheduler_sample
+from .tiling import TiledDenoiser
 from .unet import UNet
 
 
@@ -73,6 +74,7 @@ class PaletteModel(nn.Module):
         eta: float | None = None,
         schedule: str | None = None,
         batch_invariant: bool = False,
+        tile_overlap: int | None = None,
     ) -> torch.Tensor:
         """Samples y ~ p(y | x) in [-1, 1] with ``steps`` network evaluations.
 
@@ -84,6 +86,8 @@ class PaletteModel(nn.Module):
         whatever else is in the batch, up to floating-point rounding: convolution kernels depend on the batch size.
         ``batch_invariant=True`` runs the network one image at a time (slower), which makes an image's sample
         bit-identical whether it is sampled alone or in any batch.
+        ``tile_overlap`` (pixels) samples images larger than the network as overlapping tiles of its size, blended at
+        every step (:mod:`palette.tiling`); an image of the network's size is then sampled as without tiling.
         """
         d = self.config.diffusion
         sampler = sampler or d.sampler
@@ -109,6 +113,8 @@ class PaletteModel(nn.Module):
         generators = per_image_generators(seeds)
         noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(x.device)
         denoiser = self._one_at_a_time if batch_invariant else self.net
+        if tile_overlap is not None:
+            denoiser = TiledDenoiser(denoiser, self.config.model.image_size, tile_overlap, max(16, x.shape[0]), mask)
         if sampler == "ancestral":
             return ancestral_sample(
                 denoiser, x, walk.respaced(steps), noise, known=known, mask=mask, generator=generators,

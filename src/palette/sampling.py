@@ -24,6 +24,7 @@ from .imagefile import probe, save_image
 from .model import PaletteModel
 from .samplers import SAMPLERS, SCHEDULES
 from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
+from .tiling import tile_starts
 from .train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -78,25 +79,40 @@ class Condition:
     mask: torch.Tensor  # (1, S, S), 1 where generated
     full_mask: torch.Tensor | None  # (1, H, W) for masked tasks
     masked: bool
+    tile_overlap: int | None = None  # sampled in tiles with this overlap: x and mask are then at the canvas size
+
+
+def tiled_canvas(height: int, width: int, size: int) -> tuple[int, int]:
+    """The size an image is sampled at in tiles of ``size``: its own, or scaled up until its short side is ``size``."""
+    short = min(height, width)
+    if short >= size:
+        return height, width
+    return max(size, round(height * size / short)), max(size, round(width * size / short))
 
 
 def make_condition(
     model: PaletteModel, task: str, image: torch.Tensor, rng: np.random.Generator,
-    mask: np.ndarray | str | None = None, side: str = "right",
+    mask: np.ndarray | str | None = None, side: str = "right", tile_overlap: int | None = None,
 ) -> Condition:
     """Build x for ``task`` from ``image`` (C, H, W) in [0, 1] at any size.
 
     For super-resolution ``image`` is the low-resolution input: it is bicubic-upsampled by the factor first (SR3).
+    Without ``tile_overlap`` x is at the model's size; with it, at the image's own size (scaled up if a side is
+    below the model's), to be sampled in overlapping tiles.
     """
     size = model.config.model.image_size
     t = make_task(task)
+    if tile_overlap is not None and task == "uncropping":
+        raise PaletteError("--tile: uncropping continues the image as a whole and cannot be sampled in tiles; "
+                           "use palette panorama to extend large images")
     original = image * 2 - 1
     if t.scale != 1:
         original = resize(original, (image.shape[1] * t.scale, image.shape[2] * t.scale))
-    small = resize(original, size)
+    canvas = (size, size) if tile_overlap is None else tiled_canvas(*original.shape[1:], size)
+    small = resize(original, canvas)
     if not t.masked:
         x, m = t.condition(small, rng)
-        return Condition(original, x, m, None, False)
+        return Condition(original, x, m, None, False, tile_overlap)
     h, w = image.shape[1:]
     if task == "uncropping":
         full = M.uncrop_mask(h, w, side)
@@ -113,9 +129,15 @@ def make_condition(
             raise PaletteError(f"the mask is {full.shape[1]}x{full.shape[0]} but the image is {w}x{h}")
     full_t = torch.from_numpy(full.astype(np.float32))[None]
     # a model pixel is generated if any part of it is in the hole, so thin strokes on large images are not lost
-    small_mask = (resize(full_t, size) > 1e-3).float() if (h, w) != (size, size) else full_t
+    small_mask = (resize(full_t, canvas) > 1e-3).float() if (h, w) != canvas else full_t
+    if tile_overlap is not None and any(
+        small_mask[0, top : top + size, left : left + size].all()
+        for top in tile_starts(canvas[0], size, tile_overlap) for left in tile_starts(canvas[1], size, tile_overlap)
+    ):
+        log.warning("a hole covers a whole %d px tile: tiles see no known pixels there; large holes are better "
+                    "filled without --tile", size)
     x, m = t.condition(small, rng, mask=small_mask[0].numpy().astype(bool))
-    return Condition(original, x, m, full_t, True)
+    return Condition(original, x, m, full_t, True, tile_overlap)
 
 
 def finish(condition: Condition, sample: torch.Tensor) -> torch.Tensor:
@@ -158,6 +180,19 @@ def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | N
     return steps, schedule
 
 
+def tile_overlap_of(model: PaletteModel, tile: bool, overlap: int | None, flag: str = "--") -> int | None:
+    """The tile overlap in pixels (None: no tiling) of the ``tile`` and ``overlap`` arguments."""
+    if not tile:
+        if overlap is not None:
+            raise PaletteError(f"{flag}overlap is the overlap of tiles: it needs {flag}tile" + ("=True" if not flag else ""))
+        return None
+    size = model.config.model.image_size
+    overlap = size // 4 if overlap is None else overlap
+    if not 0 <= overlap < size:
+        raise PaletteError(f"{flag}overlap must be between 0 and {size - 1} (below the model's size), got {overlap}")
+    return overlap
+
+
 def sample_conditions(
     model: PaletteModel,
     conditions: Sequence[Condition],
@@ -181,16 +216,14 @@ def sample_conditions(
     """
     seeds = [seed] * len(conditions) if seeds is None else list(seeds)
     device = next(model.parameters()).device
-    size = model.config.model.image_size
-    jobs = [(c, i, k) for i, c in enumerate(conditions) for k in range(num_samples)]
     results: list[list] = [[None] * num_samples for _ in conditions]
     keep_at = set(np.linspace(1, steps, save_process).round().astype(int).tolist()) if save_process else set()
-    for start in range(0, len(jobs), max(1, batch_size)):
-        chunk = jobs[start : start + max(1, batch_size)]
+    for chunk in _batches(conditions, num_samples, batch_size):
+        first = chunk[0][0]
         x = torch.stack([c.x for c, _, _ in chunk]).to(device)
-        masked = chunk[0][0].masked
+        masked = first.masked
         m = torch.stack([c.mask for c, _, _ in chunk]).to(device) if masked else None
-        known = torch.stack([resize(c.original, size) for c, _, _ in chunk]).to(device) if masked else None
+        known = torch.stack([resize(c.original, tuple(c.x.shape[1:])) for c, _, _ in chunk]).to(device) if masked else None
         snapshots: list[torch.Tensor] = []
 
         def callback(i, n, y, y0_hat):
@@ -200,11 +233,30 @@ def sample_conditions(
                 snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
 
         out = model.sample(x, m, known, steps=steps, seeds=[seeds[i] + k for _, i, k in chunk], callback=callback,
-                           sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant)
+                           sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant,
+                           tile_overlap=first.tile_overlap)
         for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
             strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
             results[i][k] = (finish(cond, y), strip)
     return results
+
+
+def _batches(conditions: Sequence[Condition], num_samples: int, batch_size: int) -> list[list]:
+    """The (condition, index, sample number) jobs in batches of at most ``batch_size`` whose inputs have one shape
+    (tiled images differ in size)."""
+    batches: list[list] = []
+    for i, c in enumerate(conditions):
+        for k in range(num_samples):
+            if batches and len(batches[-1]) < max(1, batch_size) and batches[-1][0][0].x.shape == c.x.shape:
+                batches[-1].append((c, i, k))
+            else:
+                batches.append([(c, i, k)])
+    return batches
+
+
+def network_calls(conditions: Sequence[Condition], num_samples: int, batch_size: int, steps: int) -> int:
+    """How many times :func:`sample_conditions` calls ``on_step``: batches x steps."""
+    return len(_batches(conditions, num_samples, batch_size)) * steps
 
 
 def sample_files(
@@ -224,10 +276,12 @@ def sample_files(
     schedule: str | None = None,
     save_process: int = 0,
     batch_invariant: bool = False,
+    tile_overlap: int | None = None,
 ) -> list[Path]:
     """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
 
-    They are 16-bit PNG files when the input file or the model's training targets have 16-bit samples.
+    They are 16-bit PNG files when the input file or the model's training targets have 16-bit samples. With
+    ``tile_overlap`` each image is sampled at its own size in overlapping tiles of the model's size.
 
     With ``save_process`` = P > 0, also ``<stem>_<k>_process.png``: a strip of the y0 estimates at P evenly spaced
     steps, the last being the final sample (the paper's figures of the denoising process).
@@ -246,12 +300,13 @@ def sample_files(
             depth = max(probe(path).bits, model.config.data.target_bits)
         except (OSError, ValueError) as err:
             raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
-        cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side)
+        cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side,
+                              tile_overlap)
         save_image(finish_input(cond), out_dir / f"{path.stem}_input.png", depth)
         conditions.append(cond)
         stems.append(path.stem)
         bits.append(depth)
-    total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
+    total = network_calls(conditions, num_samples, batch_size, steps)
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
         results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
                                     on_step=lambda: bar.update(1), save_process=save_process,
