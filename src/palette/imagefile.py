@@ -61,8 +61,8 @@ def probe(path: str | Path) -> ImageInfo:
                 samples = page.samplesperpixel - (1 if page.extrasamples else 0)
                 return ImageInfo(page.imagewidth, page.imagelength, 1 if samples == 1 else 3,
                                  16 if page.bitspersample > 8 else 8)
-        except (tifffile.TiffFileError, IndexError) as err:
-            raise ValueError(f"not a readable TIFF file ({err})") from None
+        except (tifffile.TiffFileError, IndexError, ValueError):
+            pass  # not a TIFF that tifffile reads: Pillow may
     with Image.open(path) as img:
         w, h = img.size
         return ImageInfo(w, h, 1 if img.mode in _GRAY_MODES else 3, 16 if img.mode in _SIXTEEN_BIT_MODES else 8)
