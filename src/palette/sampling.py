@@ -1,8 +1,10 @@
 """Sampling a trained model on image files: what ``palette sample`` does.
 
 Each input is resized to the model's size, sampled, and the samples are resized back to the input's size (times the
-factor for super-resolution, whose input is first bicubic-upsampled as in SR3). For inpainting and uncropping the known pixels of the output come from the input file at full resolution; only the hole
-is generated. Each input's randomness depends on (seed, sample index) alone, not on the other files of a folder.
+factor for super-resolution, whose input is first bicubic-upsampled as in SR3), or, with tiling, sampled at its own
+size in overlapping tiles (:mod:`palette.tiling`). For inpainting and uncropping the known pixels of the output come
+from the input file at full resolution; only the hole is generated. Each input's randomness depends on (seed, sample
+index) alone, not on the other files of a folder.
 """
 
 from __future__ import annotations
@@ -72,11 +74,12 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class Condition:
-    """The model input of one image at model size, plus what is needed to put the output back at full size."""
+    """The model input of one image (at the model's size, or at its own when tiled), plus what is needed to put the
+    output back at full size."""
 
     original: torch.Tensor  # (C, H, W) in [-1, 1] at the file's size
-    x: torch.Tensor  # (C, S, S)
-    mask: torch.Tensor  # (1, S, S), 1 where generated
+    x: torch.Tensor  # (C, S, S) at the model's size S, or the whole canvas when tiled
+    mask: torch.Tensor  # (1, ...) of x's size, 1 where generated
     full_mask: torch.Tensor | None  # (1, H, W) for masked tasks
     masked: bool
     tile_overlap: int | None = None  # sampled in tiles with this overlap: x and mask are then at the canvas size
