@@ -47,12 +47,13 @@ def photo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, photo_dir) -> Path:
-    """A micro multi-task run (all four tasks) trained for a few steps."""
+    """A micro multi-task run (every task) trained for a few steps."""
+    from palette.tasks import TASK_NAMES
     from palette.train import train
 
     run = tmp_path_factory.mktemp("run")
-    config = micro_config(f"data.path={photo_dir}", "task.name=multi",
-                          "task.tasks=colorization,inpainting,uncropping,jpeg", "train.steps=3")
+    config = micro_config(f"data.path={photo_dir}", "task.name=multi", f"task.tasks={','.join(TASK_NAMES)}",
+                          "train.steps=3")
     train(config, run, progress=False)
     return run
 

@@ -79,6 +79,7 @@ def test_progress_reaches_the_total(palette, photo):
     (lambda p, img: p.colorize(img, steps=0), "steps must be between 1"),
     (lambda p, img: p.colorize(img, sampler="euler"), "unknown"),
     (lambda p, img: p.colorize("not an image object".encode()), "expected a PIL image"),
+    (lambda p, img: p.super_resolve(img, factor=3), "factor must be 2 or 4"),
 ])
 def test_errors_are_clear(palette, photo, call, match):
     with pytest.raises(PaletteError, match=match):
@@ -101,3 +102,11 @@ def test_a_thin_stroke_on_a_large_image_is_still_generated(palette):
     assert condition.mask[0, :, 100 * 16 // 256].all()
     out = palette.inpaint(image, mask, steps=2, output="tensor")[0]
     torch.testing.assert_close(out[:, ~torch.from_numpy(mask)], image[:, ~torch.from_numpy(mask)], atol=1 / 255, rtol=0)
+
+
+def test_super_resolution_deblurring_and_denoising(palette, photo):
+    small = photo.resize((24, 20))
+    assert palette.super_resolve(small, factor=2, steps=2)[0].size == (48, 40)
+    assert palette(small, "sr-x4", steps=2, output="tensor")[0].shape == (3, 80, 96)
+    assert palette.deblur(photo, steps=2)[0].size == (48, 40)
+    assert palette.denoise([photo, small], steps=2, num_samples=2)[1][1].size == (24, 20)

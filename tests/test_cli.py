@@ -220,3 +220,14 @@ def test_batch_invariant_sampling_of_a_folder_matches_each_file_alone(capsys, tm
     together = np.asarray(Image.open(tmp_path / "all" / "rocket_0.png"))
     alone = np.asarray(Image.open(tmp_path / "one" / "rocket_0.png"))
     assert np.array_equal(together, alone)
+
+
+@pytest.mark.parametrize("task,scale", [("sr-x2", 2), ("sr-x4", 4), ("deblurring", 1), ("denoising", 1)])
+def test_restoration_tasks_write_outputs_scaled_by_their_factor(capsys, tmp_path, trained_run, photo_dir, task, scale):
+    small = tmp_path / "small.png"
+    Image.open(photo_dir / "rocket.png").resize((12, 10)).save(small)
+    code, _, err = run(capsys, "sample", "--checkpoint", trained_run, "--task", task, "--input", small, "--steps", 2,
+                       "--sampler", "ddim", "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "small_0.png").size == (12 * scale, 10 * scale)
+    assert Image.open(tmp_path / "o" / "small_input.png").size == (12 * scale, 10 * scale)  # what the model saw

@@ -1,7 +1,6 @@
 """``palette eval`` end to end on a micro model with random-weight backbones: outputs, resume, shards, caching."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -64,26 +63,29 @@ def test_eval_samples_keep_the_known_pixels_of_the_evaluation_image(evaluated, t
 
 def test_eval_resumes_and_regenerates_only_what_is_missing_identically(evaluated, trained_run, listing,
                                                                        random_weights_dir, tmp_path):
-    out = tmp_path / "copy"
-    shutil.copytree(evaluated, out)
+    out = tmp_path / "resumed"
+    assert _eval(out, trained_run, listing, random_weights_dir, "--metrics", "psnr", "--batch-invariant") == 0
     victim = E.sample_paths(out, P.folder_or_list(listing).items[2], 0)
     before = victim.read_bytes()
     victim.unlink()
-    assert _eval(out, trained_run, listing, random_weights_dir, "--metrics", "psnr") == 0
+    assert _eval(out, trained_run, listing, random_weights_dir, "--metrics", "psnr", "--batch-invariant") == 0
     result = json.loads((out / "metrics.json").read_text())
     assert result["images_sampled_this_run"] == 1
     assert victim.read_bytes() == before
 
 
-def test_shards_produce_the_same_samples_as_one_process(evaluated, trained_run, listing, random_weights_dir,
-                                                        tmp_path):
+def test_shards_produce_the_same_samples_as_one_process(trained_run, listing, random_weights_dir, tmp_path):
     for shard in ("0/2", "1/2"):
-        assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--shard", shard) == 0
-    assert not (tmp_path / "metrics.json").exists()  # shards only generate
-    ours = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
-    assert ours == sorted(p.name for p in (evaluated / "samples").glob("*.png"))
+        assert _eval(tmp_path / "shards", trained_run, listing, random_weights_dir, "--shard", shard,
+                     "--batch-invariant") == 0
+    assert not (tmp_path / "shards" / "metrics.json").exists()  # shards only generate
+    assert _eval(tmp_path / "one", trained_run, listing, random_weights_dir, "--metrics", "psnr",
+                 "--batch-invariant") == 0
+    ours = sorted(p.name for p in (tmp_path / "shards" / "samples").glob("*.png"))
+    assert ours == sorted(p.name for p in (tmp_path / "one" / "samples").glob("*.png")) and len(ours) == 8
     for name in ours:
-        assert (tmp_path / "samples" / name).read_bytes() == (evaluated / "samples" / name).read_bytes()
+        assert (tmp_path / "shards" / "samples" / name).read_bytes() == \
+            (tmp_path / "one" / "samples" / name).read_bytes()
 
 
 def test_metrics_refuse_to_run_before_every_shard_is_done(trained_run, listing, random_weights_dir, tmp_path):

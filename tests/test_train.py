@@ -38,13 +38,13 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, photo_dir, task):
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, photo_dir, monkeypatch):
     config = micro_config(f"data.path={photo_dir}", "task.name=jpeg", "train.steps=6", "train.checkpoint_every=2")
     trainer = Trainer(config, tmp_path, progress=False)
-    real = PaletteModel.training_loss
+    real = PaletteModel.training_losses
 
     def exploding(self, *args, **kwargs):
         loss = real(self, *args, **kwargs)
         return loss * float("nan") if trainer.step == 3 else loss
 
-    monkeypatch.setattr(PaletteModel, "training_loss", exploding)
+    monkeypatch.setattr(PaletteModel, "training_losses", exploding)
     with pytest.raises(PaletteError, match=r"loss became nan at step 3(.|\n)*step-000000002"):
         trainer.fit()
     good = ckpt.latest_checkpoint(tmp_path)

@@ -6,7 +6,8 @@
 
 Images may be PIL images, numpy arrays (H, W) or (H, W, C) of uint8, uint16 or floats in [0, 1], or tensors (C, H, W)
 in [0, 1]; a list, a (B, H, W, C) array or a (B, C, H, W) tensor is a batch. Any size works: each image is resized to
-the model's size, sampled, and the samples resized back to the image's size; for inpainting and uncropping the
+the model's size, sampled, and the samples resized back to the image's size (times the factor for
+super-resolution); for inpainting and uncropping the
 pixels outside the mask are the input's own, exactly (no tiling yet). Each input gives a list of ``num_samples``
 PIL images (tensors in [0, 1] with ``output="tensor"``); a batch gives one such list per input.
 """
@@ -23,8 +24,16 @@ from PIL import Image
 from .data import image_to_tensor, load_image, match_channels
 from .errors import PaletteError
 from .model import PaletteModel
-from .sampling import check_sampling_args, check_task, load_model, make_condition, sample_conditions
-from .sheets import to_pil
+from .sampling import (
+    check_sampling_args,
+    check_task,
+    load_model,
+    make_condition,
+    network_calls,
+    tile_overlap_of,
+    sample_conditions,
+)
+from .imagefile import to_pil
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -81,6 +90,18 @@ def _mask_array(mask: Any, size: tuple[int, int]) -> np.ndarray | str:
     return mask != 0
 
 
+def _counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
+    """A step callback that reports (steps done, total) to ``progress``."""
+    done = [0]
+
+    def on_step():
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    return on_step
+
+
 class Palette:
     """A trained Palette model with one method per task."""
 
@@ -118,6 +139,8 @@ class Palette:
         output: str = "pil",
         batch_size: int = 16,
         batch_invariant: bool = False,
+        tile: bool = False,
+        overlap: int | None = None,
     ) -> list:
         """Sample ``task`` on ``images``: a list of ``num_samples`` outputs per input (a list of lists for a batch).
 
@@ -126,6 +149,9 @@ class Palette:
         left, right, top, bottom or all. Sample k of every input uses seed ``seed + k``.
         ``progress(done, total)`` is called after every network evaluation. ``batch_invariant=True`` makes each
         sample bit-identical to the same input sampled alone (the network then runs one image at a time).
+        ``tile=True`` samples each image at its own size in overlapping tiles of the model's size, blended at every
+        step (``overlap`` pixels, default a quarter of the model's size): for the local tasks (colorization, JPEG,
+        super-resolution, deblurring, denoising, paired, inpainting of small holes), not uncropping.
         """
         check_task(self.model, task, where="model")
         if output not in ("pil", "tensor"):
@@ -137,25 +163,20 @@ class Palette:
         if task == "inpainting" and any(m is None for m in masks):
             raise PaletteError("inpainting needs a mask: an array of the image's size (nonzero = fill) or a name")
         steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="")
-        channels = self.config.model.channels
+        tile_overlap = tile_overlap_of(self.model, tile, overlap, flag="")
+        channels = self.config.model.condition_channels
         conditions = []
         for item, m in zip(items, masks):
             image = _one_image(item, channels)
             m = None if m is None else _mask_array(m, tuple(image.shape[1:]))
             try:
-                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, 0]), m, side))
+                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, 0]), m, side,
+                                                 tile_overlap))
             except ValueError as err:
                 raise PaletteError(str(err)) from None
-        total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
-        done = [0]
-
-        def on_step():
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-
+        total = network_calls(conditions, num_samples, batch_size, steps)
         results = sample_conditions(self.model, conditions, num_samples, steps, seed, sampler, eta, schedule,
-                                    batch_size, on_step=on_step, batch_invariant=batch_invariant)
+                                    batch_size, on_step=_counter(progress, total), batch_invariant=batch_invariant)
         convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)
         outputs = [[convert(sample) for sample, _ in samples] for samples in results]
         return outputs if batched else outputs[0]
@@ -175,4 +196,36 @@ class Palette:
     def restore_jpeg(self, images: ImageLike, **kwargs) -> list:
         """Remove JPEG artefacts from images as they are."""
         return self(images, "jpeg", **kwargs)
+
+    def panorama(self, image: ImageLike, extend: int, direction: str = "horizontal",
+                 progress: Callable[[int, int], None] | None = None, output: str = "pil", **sampling):
+        """One image extended ``extend`` times on each side by uncropping (left and right, or up and down with
+        ``direction="vertical"``), each time by half its height (width); its own pixels stay exactly as they are.
+
+        A 256x256 image with ``extend=8`` becomes 256x2304, the paper's panorama. ``sampling`` takes ``steps``,
+        ``sampler``, ``seed``, ``eta`` and ``schedule`` as for a call of the model.
+        """
+        from .panorama import extend_image
+
+        if output not in ("pil", "tensor"):
+            raise PaletteError(f"output must be 'pil' or 'tensor', got {output!r}")
+        picture = _one_image(image, self.config.model.channels)
+        steps = sampling.get("steps") or self.config.diffusion.sample_steps
+        out = extend_image(self.model, picture, extend, direction, on_step=_counter(progress, extend * steps),
+                           **sampling)
+        return to_pil(out) if output == "pil" else (out + 1) / 2
+
+    def super_resolve(self, images: ImageLike, factor: int = 4, **kwargs) -> list:
+        """Images ``factor`` (2 or 4) times larger: the input is bicubic-upsampled, then refined (SR3)."""
+        if factor not in (2, 4):
+            raise PaletteError(f"factor must be 2 or 4 (the tasks sr-x2 and sr-x4), got {factor!r}")
+        return self(images, f"sr-x{factor}", **kwargs)
+
+    def deblur(self, images: ImageLike, **kwargs) -> list:
+        """Remove Gaussian or motion blur from images as they are."""
+        return self(images, "deblurring", **kwargs)
+
+    def denoise(self, images: ImageLike, **kwargs) -> list:
+        """Remove Gaussian noise from images as they are."""
+        return self(images, "denoising", **kwargs)
 

@@ -127,7 +127,7 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
 
     def train_step():
         with autocast():
-            loss = model(x, y, mask, gamma, noise)
+            loss = model(x, y, mask, gamma, noise).mean()
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

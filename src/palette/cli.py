@@ -67,6 +67,7 @@ def _rank() -> int:
 
 def _train_config(args):
     from .config import Config, apply_overrides, preset
+    from .tasks import PAIRED, TASK_NAMES, parse_task_weights
 
     run_dir = Path(args.out)
     flags = {
@@ -85,10 +86,19 @@ def _train_config(args):
     else:
         base = preset(args.preset or "small")
         if args.task is None:
-            raise PaletteError("--task is required: colorization, inpainting, uncropping, jpeg or multi")
+            raise PaletteError(f"--task is required: one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}")
         if args.data is None:
-            raise PaletteError("--data is required: a folder of images or a text file listing image paths")
+            raise PaletteError("--data is required: a folder of images or a text file listing image paths (for "
+                               "--task paired: a folder holding source/ and target/, or a CSV of source,target pairs)")
     given = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.tasks is not None:
+        if (args.task or base.task.name) != "multi":
+            raise PaletteError(f"--tasks {args.tasks}: task weights need --task multi")
+        try:
+            names, weights = parse_task_weights(args.tasks)
+        except ValueError as err:
+            raise PaletteError(f"--tasks: {err}") from None
+        given += [f"task.tasks={','.join(names)}", f"task.weights={','.join(map(str, weights))}"]
     return apply_overrides(base, given + list(args.overrides))
 
 
@@ -108,7 +118,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .sampling import input_files, load_model, sample_files
+    from .sampling import input_files, load_model, sample_files, tile_overlap_of
 
     if args.num_samples < 1:
         raise PaletteError(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -116,16 +126,46 @@ def cmd_sample(args) -> int:
 
     processes = Processes(args.device)
     model = load_model(args.checkpoint, processes.device(args.device), use_ema=not args.no_ema)
+    tile_overlap = tile_overlap_of(model, args.tile, args.overlap)
     inputs = input_files(args.input)[processes.rank :: processes.world]  # every N-th input for N processes
     written = sample_files(
         model, args.task, inputs, Path(args.out), num_samples=args.num_samples, steps=args.steps,
         seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
         sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
-        batch_invariant=args.batch_invariant,
+        batch_invariant=args.batch_invariant, tile_overlap=tile_overlap,
     )
     processes.barrier()
     print(f"wrote {len(written)} sample(s) to {args.out}" + (f" (process {processes.rank} of {processes.world})"
                                                              if processes.world > 1 else ""))
+    return 0
+
+
+def cmd_panorama(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import load_image
+    from .imagefile import probe, save_image
+    from .panorama import extend_image
+    from .sampling import check_sampling_args, load_model
+
+    model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
+    steps, _ = check_sampling_args(model, args.steps, args.sampler, args.schedule, 1)
+    path = Path(args.input)
+    if not path.is_file():
+        raise PaletteError(f"--input {path}: no such file")
+    if args.extend < 1:
+        raise PaletteError(f"--extend must be at least 1, got {args.extend}")
+    try:
+        image, bits = load_image(path, model.config.model.channels), probe(path).bits
+    except (OSError, ValueError) as err:
+        raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
+    with tqdm(total=args.extend * steps, desc="panorama", unit="step", disable=args.no_progress) as bar:
+        pano = extend_image(model, image, args.extend, args.direction, steps=steps, sampler=args.sampler,
+                            seed=args.seed, eta=args.eta, schedule=args.schedule, on_step=lambda: bar.update(1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(pano, out, bits)
+    print(f"wrote {out} ({pano.shape[2]}x{pano.shape[1]})")
     return 0
 
 
@@ -168,7 +208,8 @@ def cmd_eval(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else METRICS
     options = EvalOptions(
         task=args.task, num_samples=args.num_samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
-        schedule=args.schedule, seed=args.seed, batch_size=args.batch_size, mask=args.mask,
+        schedule=args.schedule, seed=args.seed, batch_size=args.batch_size, batch_invariant=args.batch_invariant,
+        mask=args.mask,
         mask_file=Path(args.mask_file) if args.mask_file else None, mask_category=args.mask_category,
         quality=args.quality, metrics=metrics, weights_dir=args.weights_dir,
         reference=Path(args.reference) if args.reference else None,
@@ -241,12 +282,28 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every sampling command shares."""
+    from .samplers import SAMPLERS, SCHEDULES
+
+    p.add_argument("--steps", type=int, help="network evaluations per sample (default: diffusion.sample_steps)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="ancestral (the paper's), ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: diffusion.sampler)")
+    p.add_argument("--eta", type=float, help="DDIM's noise, 0 (deterministic) to 1")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import METRICS as EVAL_METRICS
     from .masks import MASK_NAMES
     from .protocols import PROTOCOLS
     from .samplers import SAMPLERS, SCHEDULES
-    from .tasks import TASK_NAMES
+    from .tasks import PAIRED, TASK_NAMES
 
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
     parser.add_argument("--verbose", action="store_true", help="more detailed logs")
@@ -256,8 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("train", help="train a model on a folder or list of images")
-    p.add_argument("--task", choices=(*TASK_NAMES, "multi"))
-    p.add_argument("--data", help="folder of images (recursive) or text file listing image paths")
+    p.add_argument("--task", choices=(*TASK_NAMES, PAIRED, "multi"),
+                   help="what to learn: colorization, inpainting, uncropping, jpeg (the paper's), sr-x2 and sr-x4 "
+                        "(super-resolution), deblurring, denoising, paired (x and y given as files), or multi (a mix, "
+                        "see --tasks)")
+    p.add_argument("--tasks", metavar="NAME[:WEIGHT],...",
+                   help="--task multi: the tasks to mix and their sampling weights, normalised, e.g. "
+                        "colorization:1,inpainting:2,jpeg:1 (a name alone weighs 1; default: the paper's "
+                        "colorization,inpainting,jpeg, equally)")
+    p.add_argument("--data", help="folder of images (recursive) or text file listing image paths; for --task paired "
+                                  "a folder holding source/ and target/ (matching file names) or a CSV of "
+                                  "source,target paths")
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, logs, sample sheets")
     p.add_argument("--preset", help="tiny, small (default), base or paper; see `palette presets`")
     p.add_argument("--image-size", type=int)
@@ -280,28 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a trained model on image files")
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--task", required=True, choices=(*TASK_NAMES, PAIRED),
+                   help="one the checkpoint was trained for; sr-x2 and sr-x4 take the low-resolution image and write "
+                        "one 2 or 4 times larger; paired takes source images (16-bit in, 16-bit out)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--mask", help=f"inpainting mask file (white = fill) or a name: {', '.join(MASK_NAMES)}")
     p.add_argument("--side", default="right", choices=("left", "right", "top", "bottom", "all"),
                    help="uncropping: the side to extend (default right, the paper's evaluation)")
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--steps", type=int, help="network evaluations per sample (default: diffusion.sample_steps)")
-    p.add_argument("--sampler", choices=SAMPLERS,
-                   help="ancestral (the paper's), ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: diffusion.sampler)")
-    p.add_argument("--eta", type=float, help="DDIM's noise, 0 (deterministic) to 1")
-    p.add_argument("--schedule", choices=SCHEDULES,
-                   help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
+    _sampling_flags(p)
     p.add_argument("--save-process", type=int, nargs="?", const=8, default=0, metavar="P",
                    help="also write <stem>_<k>_process.png, the y0 estimates at P steps (default 8)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="images sampled at once")
     p.add_argument("--batch-invariant", action="store_true",
                    help="run the network one image at a time: each output is bit-identical to sampling it alone")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    p.add_argument("--tile", action="store_true",
+                   help="sample each image at its own size in overlapping tiles of the model's size, blended at every "
+                        "step (colorization, jpeg, sr-x2/x4, deblurring, denoising, paired, inpainting of small holes)")
+    p.add_argument("--overlap", type=int, metavar="PX", help="--tile: pixels shared by neighbouring tiles "
+                                                              "(default: a quarter of the model's size)")
     p.add_argument("--out", required=True)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="generate outputs for an evaluation set and compute FID, IS, CA, PD, diversity",
@@ -329,15 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="I/N", help="only generate the images whose index is I modulo N (no metrics); run every shard, then once without")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--name", help="the row name in the table (default: checkpoint, sampler, steps)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--sampler", choices=SAMPLERS)
-    p.add_argument("--eta", type=float)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="samples bit-identical whatever the batch, so resumed and sharded runs match a single run "
+                        "exactly (slower; without it they match up to floating-point rounding)")
+    _sampling_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("eval-table", help="one Markdown table (the paper's layout) of several eval results")
@@ -365,6 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("panorama", help="extend an image again and again with an uncropping model")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
+    p.add_argument("--input", required=True, help="the image to extend (its pixels are kept exactly)")
+    p.add_argument("--extend", type=int, required=True, metavar="N",
+                   help="applications on each side, each adding half the image's height (width if vertical): "
+                        "a 256x256 image with N = 8 becomes 256x2304, the paper's panorama")
+    p.add_argument("--direction", default="horizontal", choices=("horizontal", "vertical"),
+                   help="horizontal (default): left and right; vertical: up and down")
+    p.add_argument("--out", required=True, help="the panorama's file (PNG)")
+    _sampling_flags(p)
+    p.set_defaults(func=cmd_panorama)
 
     p = sub.add_parser("serve", help="a web page to sample a trained model")
     p.add_argument("--checkpoint", help="run folder or .safetensors file (or load one from the page)")

@@ -17,7 +17,7 @@ import yaml
 
 from .diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, ScheduleConfig
 from .errors import PaletteError
-from .tasks import MULTI_TASK_DEFAULT, TASK_NAMES
+from .tasks import MULTI_TASK_DEFAULT, PAIRED, TASK_NAMES
 from .unet import UNetConfig
 
 
@@ -36,9 +36,10 @@ class DiffusionConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "inpainting"  # colorization, inpainting, uncropping, jpeg or multi
+    name: str = "inpainting"  # colorization, inpainting, uncropping, jpeg, sr-x2, sr-x4, deblurring, denoising,
+    # paired (source/target files) or multi
     tasks: tuple[str, ...] = MULTI_TASK_DEFAULT  # what ``multi`` mixes
-    weights: tuple[float, ...] = ()  # ``multi``'s mixing weights, one per task (empty: uniform)
+    weights: tuple[float, ...] = ()  # ``multi``'s sampling weights, one per task, normalised (empty: uniform)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class DataConfig:
     flip: bool = True
     num_workers: int = 1
     max_bad_fraction: float = 0.01  # stop when more files than this cannot be read
+    target_bits: int = 8  # found in the data: 16 when training targets have 16-bit samples (samples are written so)
 
 
 @dataclass
@@ -106,11 +108,28 @@ class Config:
 
     def validate(self) -> None:
         """Raise PaletteError for values that cannot work together."""
-        if self.task.name not in (*TASK_NAMES, "multi"):
-            raise PaletteError(f"unknown task {self.task.name!r}: choose one of {', '.join((*TASK_NAMES, 'multi'))}")
+        if self.task.name not in (*TASK_NAMES, PAIRED, "multi"):
+            raise PaletteError(
+                f"unknown task {self.task.name!r}: choose one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}"
+            )
+        tasks, weights = self.task.tasks, self.task.weights
+        if len(set(tasks)) != len(tasks):
+            raise PaletteError(f"task.tasks names a task twice: {', '.join(tasks)}")
+        if weights and (len(weights) != len(tasks) or not all(w > 0 for w in weights)):
+            raise PaletteError(
+                f"task.weights must be one positive number per task of task.tasks ({', '.join(tasks)}), got "
+                f"{list(weights)}"
+            )
         for t in self.task.tasks:
+            if t == PAIRED:
+                raise PaletteError("task.tasks: paired data cannot be mixed with degradations in a multi-task model")
             if t not in TASK_NAMES:
                 raise PaletteError(f"unknown task {t!r} in task.tasks: choose from {', '.join(TASK_NAMES)}")
+        source = self.model.source_channels
+        if self.model.channels not in (1, 3) or source not in (None, 1, 3):
+            raise PaletteError(
+                f"model.channels and model.source_channels must be 1 or 3, got {self.model.channels} and {source}"
+            )
         if self.diffusion.loss not in ("l1", "l2"):
             raise PaletteError(f"--loss must be l2 or l1, got {self.diffusion.loss!r}")
         if self.diffusion.objective not in ("diffusion", "regression"):

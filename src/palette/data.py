@@ -2,6 +2,7 @@
 
 A data source is a folder (searched recursively) or a text file listing one image path per line (relative paths
 are taken from the list's folder, as are ctest10k-style "/wnid/file.JPEG" entries; anything after the path on a line, such as a class label, is ignored).
+Paired data (x given, not made by a degradation) is a folder holding source/ and target/, or a CSV of pairs.
 Randomness is a pure function of (seed, sample number): the n-th example a run sees is the same whether the run
 was resumed or not, whichever worker loads it.
 """
@@ -15,28 +16,37 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .diffusion import sample_gamma
 from .errors import PaletteError
-from .tasks import Task, luma
+from .imagefile import pil_to_tensor, probe, read_image
+from .tasks import Task, luma, resize
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _data_source(source: str | Path, expected: str) -> Path:
+    """``--data`` as a path that exists; ``expected`` says what it should be."""
+    source = Path(source)
+    if not str(source):
+        raise PaletteError(f"no data given: pass --data with {expected}")
+    if not source.exists():
+        raise PaletteError(f"--data {source}: no such file or folder")
+    return source
+
+
+def _images_below(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def list_images(source: str | Path) -> list[Path]:
     """Image paths of a folder (recursive, sorted) or of a list file; a clear error when there are none."""
-    source = Path(source)
-    if not str(source):
-        raise PaletteError("no data given: pass --data with a folder of images or a text file listing image paths")
-    if not source.exists():
-        raise PaletteError(f"--data {source}: no such file or folder")
+    source = _data_source(source, "a folder of images or a text file listing image paths")
     if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths = _images_below(source)
         if not paths:
             raise PaletteError(
                 f"--data {source}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
@@ -56,35 +66,82 @@ def list_images(source: str | Path) -> list[Path]:
     return paths
 
 
+def _image_files(folder: Path) -> dict[str, Path]:
+    """The images below ``folder`` by name: their path relative to it without the extension."""
+    named: dict[str, Path] = {}
+    for path in _images_below(folder):
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in named:
+            raise PaletteError(f"{named[key]} and {path} have the same name: a pair needs one file per name")
+        named[key] = path
+    return named
+
+
+def _names(paths: Sequence[Path], most: int = 10) -> str:
+    return ", ".join(str(p) for p in paths[:most]) + (f" ... and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def list_pairs(source: str | Path) -> list[tuple[Path, Path]]:
+    """(source, target) image pairs for the paired task.
+
+    ``source`` is a folder holding ``source/`` and ``target/`` whose images pair up by name (their path below the
+    folder without the extension, so ``source/a.png`` pairs with ``target/a.tif``), or a CSV file of
+    ``source,target`` paths, relative to the CSV's folder (a first line ``source,target`` is a header). A file
+    without a partner is an error that names it.
+    """
+    import csv
+
+    source = _data_source(source, "a folder holding source/ and target/, or a CSV file of source,target pairs")
+    if source.is_dir():
+        folders = [source / name for name in ("source", "target")]
+        if not all(f.is_dir() for f in folders):
+            raise PaletteError(
+                f"--data {source}: paired data is a folder holding source/ and target/ (images with matching names) "
+                "or a CSV file of source,target paths"
+            )
+        sources, targets = (_image_files(f) for f in folders)
+        lonely = [sources[k] for k in sources if k not in targets]
+        orphans = [targets[k] for k in targets if k not in sources]
+        if lonely or orphans:
+            problems = ([f"{len(lonely)} source image(s) have no target of the same name: {_names(lonely)}"] if lonely
+                        else []) + ([f"{len(orphans)} target image(s) have no source: {_names(orphans)}"] if orphans
+                                    else [])
+            raise PaletteError(f"--data {source}: " + "; ".join(problems))
+        pairs = [(sources[k], targets[k]) for k in sorted(sources)]
+    else:
+        pairs = []
+        with open(source, newline="") as f:
+            for number, row in enumerate(csv.reader(f), start=1):
+                row = [cell.strip() for cell in row]
+                if not any(row) or row[0].startswith("#"):
+                    continue
+                if len(row) != 2:
+                    raise PaletteError(f"--data {source} line {number}: expected two columns source,target, got {row}")
+                if number == 1 and [c.lower() for c in row] == ["source", "target"]:
+                    continue
+                pair = tuple(Path(c) if Path(c).is_absolute() else source.parent / c for c in row)
+                missing = [p for p in pair if not p.is_file()]
+                if missing:
+                    raise PaletteError(f"--data {source} line {number}: no such file: {_names(missing)}")
+                pairs.append(pair)
+    if not pairs:
+        raise PaletteError(f"--data {source}: no image pairs found")
+    return pairs
+
+
 def load_image(path: str | Path, channels: int = 3) -> torch.Tensor:
-    """Decode an image file into a float tensor (channels, H, W) in [0, 1] (see :func:`image_to_tensor`)."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        img.load()
-    return image_to_tensor(img, channels)
+    """Decode an image file into a float tensor (channels, H, W) in [0, 1] at full precision (16-bit PNG and TIFF
+    included); gray is repeated to 3 channels, colour reduced to its luma for 1 (see :func:`match_channels`)."""
+    return match_channels(read_image(path), channels)
 
 
 def image_to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
-    """A PIL image as a float tensor (channels, H, W) in [0, 1], keeping 16-bit precision.
+    """A PIL image as a float tensor (channels, H, W) in [0, 1], keeping 16-bit gray precision.
 
     Gray images are repeated to 3 channels, colour images reduced to their luma for 1 channel, and transparency is
     composited onto white.
     """
-    if img.mode in _SIXTEEN_BIT_MODES:
-        array = np.asarray(img).astype(np.float32)
-        array = array / (65535.0 if array.max(initial=0) > 255 or img.mode != "I" else 255.0)
-        array = np.clip(array, 0, 1)[None]
-    elif img.mode == "F":
-        array = np.clip(np.asarray(img, dtype=np.float32), 0, 1)[None]
-    else:
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba)
-        img = img.convert("L" if img.mode in ("L", "1", "LA") else "RGB")
-        array = np.asarray(img, dtype=np.float32) / 255.0
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return match_channels(torch.from_numpy(np.ascontiguousarray(array)), channels)
+    return match_channels(pil_to_tensor(img), channels)
 
 
 def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
@@ -96,69 +153,88 @@ def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return image
 
 
-def resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize of a (C, H, W) float image, clamped to the input's range."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(image.shape[1:]) == size:
-        return image
-    out = F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
-    return out.clamp(float(image.min()), float(image.max()))
-
-
 def random_square_crop(image: torch.Tensor, size: int, rng: np.random.Generator, scale_min: float = 1.0, flip: bool = True) -> torch.Tensor:
     """A random square crop resized to ``size`` (side uniform in [scale_min, 1] x the shorter side), maybe mirrored.
 
     ``scale_min = 1`` is the paper's random largest square crop.
     """
-    _, h, w = image.shape
+    return random_square_crops([image], size, rng, scale_min, flip)[0]
+
+
+def random_square_crops(images: Sequence[torch.Tensor], size: int, rng: np.random.Generator, scale_min: float = 1.0,
+                        flip: bool = True) -> list[torch.Tensor]:
+    """The same random square crop and mirroring of images of one size (a source and its target stay aligned)."""
+    _, h, w = images[0].shape
     short = min(h, w)
     side = short if scale_min >= 1 else max(1, int(round(short * rng.uniform(scale_min, 1.0))))
     top = int(rng.integers(0, h - side + 1))
     left = int(rng.integers(0, w - side + 1))
-    image = resize(image[:, top : top + side, left : left + side], size)
+    crops = [resize(image[:, top : top + side, left : left + side], size) for image in images]
     if flip and rng.random() < 0.5:
-        image = image.flip(-1)
-    return image
+        crops = [crop.flip(-1) for crop in crops]
+    return crops
+
+
+Item = Path | tuple[Path, Path]  # an image file, or a (source, target) pair for the paired task
 
 
 @dataclass
 class ScanReport:
-    readable: list[Path]
+    readable: list[Item]
     unreadable: list[tuple[Path, str]]
-    small: list[Path]
+    small: list[Item]
+    channels: tuple[int, ...] = (3,)  # per file of an item: 3 if any such file is in colour, else 1
+    bits: tuple[int, ...] = (8,)  # per file of an item: 16 if any such file has 16-bit samples, else 8
 
 
-def scan_images(paths: Sequence[Path], min_size: int, max_bad_fraction: float, progress: bool = True) -> ScanReport:
-    """Open every file's header: the unreadable are reported by name and skipped, the small are upscaled later.
+def scan_images(items: Sequence[Item], min_size: int, max_bad_fraction: float, progress: bool = True) -> ScanReport:
+    """Read every file's header: the unreadable are reported by name and skipped, the small are upscaled later.
 
-    More than ``max_bad_fraction`` unreadable files stop the run with the list.
+    More than ``max_bad_fraction`` unreadable files stop the run with the list, and so does any pair whose source and
+    target differ in size (every such pair is named).
     """
     from tqdm.auto import tqdm
 
-    readable, unreadable, small = [], [], []
-    for path in tqdm(paths, desc="checking images", unit="file", disable=not progress or len(paths) < 200, leave=False):
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-            readable.append(path)
-            if min(w, h) < min_size:
-                small.append(path)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-            unreadable.append((path, str(err) or type(err).__name__))
+    readable, unreadable, small, mismatched = [], [], [], []
+    width = 2 if items and isinstance(items[0], tuple) else 1
+    channels, bits = [1] * width, [8] * width
+    for item in tqdm(items, desc="checking images", unit="file", disable=not progress or len(items) < 200, leave=False):
+        files = item if isinstance(item, tuple) else (item,)
+        infos = []
+        for path in files:
+            try:
+                infos.append(probe(path))
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                unreadable.append((path, str(err) or type(err).__name__))
+                break
+        if len(infos) < len(files):
+            continue
+        sizes = [(i.width, i.height) for i in infos]
+        if len(set(sizes)) > 1:
+            mismatched.append(" vs ".join(f"{p} ({w}x{h})" for p, (w, h) in zip(files, sizes)))
+            continue
+        readable.append(item)
+        if min(sizes[0]) < min_size:
+            small.append(item)
+        for k, info in enumerate(infos):
+            channels[k], bits[k] = max(channels[k], info.channels), max(bits[k], info.bits)
+    if mismatched:
+        listing = "\n  ".join(mismatched[:50]) + (f"\n  ... and {len(mismatched) - 50} more" if len(mismatched) > 50 else "")
+        raise PaletteError(f"{len(mismatched)} pair(s) have a source and a target of different sizes:\n  {listing}")
     for path, why in unreadable:
         log.warning("skipping %s: cannot be read as an image (%s)", path, why)
-    if unreadable and len(unreadable) > max_bad_fraction * len(paths):
+    if unreadable and len(unreadable) > max_bad_fraction * len(items):
         listing = "\n  ".join(f"{p}: {why}" for p, why in unreadable[:50])
         raise PaletteError(
-            f"{len(unreadable)} of {len(paths)} files cannot be read as images (more than "
-            f"{max_bad_fraction:.0%}; set data.max_bad_fraction to accept more):\n  {listing}"
+            f"{len(unreadable)} of {len(items)} {'pairs' if width == 2 else 'files'} cannot be read as images (more "
+            f"than {max_bad_fraction:.0%}; set data.max_bad_fraction to accept more):\n  {listing}"
         )
     if not readable:
         raise PaletteError("none of the data files can be read as images")
     if small:
-        names = ", ".join(str(p) for p in small[:5]) + (" ..." if len(small) > 5 else "")
+        names = ", ".join(str(p if width == 1 else p[1]) for p in small[:5]) + (" ..." if len(small) > 5 else "")
         log.warning("%d image(s) are smaller than %dpx and will be upscaled: %s", len(small), min_size, names)
-    return ScanReport(readable, unreadable, small)
+    return ScanReport(readable, unreadable, small, tuple(channels), tuple(bits))
 
 
 def sample_rng(seed: int, n: int) -> np.random.Generator:
@@ -167,29 +243,44 @@ def sample_rng(seed: int, n: int) -> np.random.Generator:
 
 
 class TrainingData(torch.utils.data.Dataset):
-    """Example number n -> (x, y, mask) of ``task``. Epoch e visits the files in a permutation seeded by (seed, e)."""
+    """Example number n -> (x, y, mask) of ``task``. Epoch e visits the files in a permutation seeded by (seed, e).
 
-    def __init__(self, paths: Sequence[Path], task: Task, image_size: int, channels: int, seed: int,
-                 crop_scale_min: float = 1.0, flip: bool = True, noise_schedule=None):
-        self.noise_schedule = noise_schedule  # a NoiseSchedule: each example also draws its gamma and eps
-        self.paths = list(paths)
+    ``items`` are image files, or (source, target) file pairs for the paired task: then x is the source (with
+    ``source_channels``), y the target, and both get the same random crop and mirroring. With a ``noise_schedule``
+    each example also draws its diffusion noise level gamma and noise eps.
+    """
+
+    def __init__(self, items: Sequence[Item], task: Task, image_size: int, channels: int, seed: int,
+                 crop_scale_min: float = 1.0, flip: bool = True, source_channels: int | None = None,
+                 noise_schedule=None):
+        self.noise_schedule = noise_schedule
+        self.paths = list(items)
         self.task, self.image_size, self.channels, self.seed = task, image_size, channels, seed
+        self.source_channels = channels if source_channels is None else source_channels
         self.crop_scale_min, self.flip = crop_scale_min, flip
         self._orders: dict[int, np.ndarray] = {}
-        self._cache: dict[Path, torch.Tensor] = {}  # decoded images, per worker process, up to CACHE_BYTES
+        self._cache: dict[tuple[Path, int], torch.Tensor] = {}  # decoded images, per worker process, up to CACHE_BYTES
         self._cached_bytes = 0
 
     CACHE_BYTES = 1 << 30
 
-    def _load(self, path: Path) -> torch.Tensor:
-        image = self._cache.get(path)
+    def _load(self, path: Path, channels: int) -> torch.Tensor:
+        image = self._cache.get((path, channels))
         if image is None:
-            image = load_image(path, self.channels)
+            image = load_image(path, channels)
             size = image.numel() * image.element_size()
             if self._cached_bytes + size <= self.CACHE_BYTES:
-                self._cache[path] = image
+                self._cache[(path, channels)] = image
                 self._cached_bytes += size
         return image
+
+    def _decode(self, item: Item) -> list[torch.Tensor]:
+        if not isinstance(item, tuple):
+            return [self._load(item, self.channels)]
+        images = [self._load(item[0], self.source_channels), self._load(item[1], self.channels)]
+        if images[0].shape[1:] != images[1].shape[1:]:
+            raise PaletteError(f"{item[0]} and {item[1]} differ in size: a source and its target must match")
+        return images
 
     def file_for(self, n: int) -> int:
         epoch, position = divmod(n, len(self.paths))
@@ -204,23 +295,27 @@ class TrainingData(torch.utils.data.Dataset):
         rng = sample_rng(self.seed, n)
         index = self.file_for(n)
         for attempt in range(len(self.paths)):
-            path = self.paths[(index + attempt) % len(self.paths)]
+            item = self.paths[(index + attempt) % len(self.paths)]
             try:
-                image = self._load(path)
+                images = self._decode(item)
                 break
             except (OSError, ValueError) as err:  # a file that passed the header check but does not decode
-                log.warning("skipping %s: cannot be decoded (%s)", path, err)
+                log.warning("skipping %s: cannot be decoded (%s)", item, err)
         else:
             raise PaletteError("no data file could be decoded")
-        y = random_square_crop(image, self.image_size, rng, self.crop_scale_min, self.flip) * 2 - 1
-        sample = self.task(y, rng)
-        item = {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
+        crops = [c * 2 - 1 for c in random_square_crops(images, self.image_size, rng, self.crop_scale_min, self.flip)]
+        if len(crops) == 2:
+            x, y = crops
+            example = {"x": x, "y": y, "mask": torch.ones((1, *y.shape[1:])), "task": self.task.name}
+        else:
+            sample = self.task(crops[0], rng)
+            example = {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
         if self.noise_schedule is not None:
             # the diffusion noise is the example's too: a run does not depend on how examples are split into
             # processes and micro-batches
-            item["gamma"] = sample_gamma(self.noise_schedule, 1, rng)[0]
-            item["noise"] = torch.from_numpy(rng.standard_normal(tuple(sample.y.shape), dtype=np.float32))
-        return item
+            example["gamma"] = sample_gamma(self.noise_schedule, 1, rng)[0]
+            example["noise"] = torch.from_numpy(rng.standard_normal(tuple(example["y"].shape), dtype=np.float32))
+        return example
 
 
 def step_examples(step: int, batch_size: int, rank: int = 0, world: int = 1) -> range:

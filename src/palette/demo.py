@@ -18,7 +18,7 @@ from PIL import Image
 from .config import apply_overrides, preset
 from .data import load_image, random_square_crop
 from .sheets import task_sheet
-from .tasks import TASK_NAMES
+from .tasks import PAPER_TASKS
 from .train import Trainer
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def run_demo(out: Path, steps: int = 1000, sample_steps: int = 200, num_samples:
     started = time.perf_counter()
     train_files, held_files = write_photos(out / "photos")
     config = apply_overrides(preset("tiny"), [
-        f"data.path={out / 'photos' / 'train'}", "task.name=multi", f"task.tasks={','.join(TASK_NAMES)}",
+        f"data.path={out / 'photos' / 'train'}", "task.name=multi", f"task.tasks={','.join(PAPER_TASKS)}",
         f"train.steps={steps}", "data.crop_scale_min=0.25", f"train.device={device}",
         f"train.checkpoint_every={max(1, steps // 4)}", "train.sample_every=0", f"diffusion.sample_steps={sample_steps}",
         *(overrides or []),
@@ -88,7 +88,7 @@ def run_demo(out: Path, steps: int = 1000, sample_steps: int = 200, num_samples:
         for i in range(rows)
     ])
     written = []
-    for task in TASK_NAMES:
+    for task in PAPER_TASKS:
         sheet = task_sheet(model, task, targets, num_samples, seed=0, steps=sample_steps, device=trainer.device,
                            progress=progress)
         path = out / f"sheet_{task}.png"

@@ -107,21 +107,27 @@ def q_posterior(y0: torch.Tensor, y_t: torch.Tensor, gamma_t: torch.Tensor, gamm
     return mean, variance
 
 
-def diffusion_loss(
+def per_image_loss(
     eps_hat: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor | None = None, p: int = 2
 ) -> torch.Tensor:
-    """E || f(x, y_t, gamma) - eps ||_p^p, averaged over the pixels in ``mask`` (all pixels when None).
+    """|| f(x, y_t, gamma) - eps ||_p^p of each image, averaged over its pixels in ``mask`` (all pixels when None).
 
     For inpainting and uncropping the mask covers the generated region only: the known pixels are not learnt.
-    ``mask`` is (B, 1, H, W) with 1 where the loss counts; each image's loss is its masked mean, then images are
-    averaged, so a small hole weighs as much as a large one.
+    ``mask`` is (B, 1, H, W) with 1 where the loss counts. Returns one value per image, shape (B,).
     """
     err = (eps_hat - eps).abs() if p == 1 else (eps_hat - eps).square()
     if mask is None:
-        return err.mean()
+        return err.flatten(1).mean(1)
     mask = mask.expand_as(err).to(err.dtype)
-    per_image = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
-    return per_image.mean()
+    return (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+
+
+def diffusion_loss(
+    eps_hat: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor | None = None, p: int = 2
+) -> torch.Tensor:
+    """E || f(x, y_t, gamma) - eps ||_p^p: the mean over images of :func:`per_image_loss`, so a small hole weighs
+    as much as a large one."""
+    return per_image_loss(eps_hat, eps, mask, p).mean()
 
 
 def ancestral_sample(

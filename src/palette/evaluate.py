@@ -56,6 +56,7 @@ class EvalOptions:
     schedule: str | None = None
     seed: int = 0
     batch_size: int = 16
+    batch_invariant: bool = False  # bit-identical samples whatever the batch (resumed or sharded runs), slower
     mask: str | None = None  # a mask name (inpainting, uncropping)
     mask_file: Path | None = None  # the paper's bit-packed mask archive, with mask_category
     mask_category: str | None = None
@@ -108,7 +109,9 @@ class MaskSource:
 
 def eval_condition(task: str, original: torch.Tensor, index: int, options: EvalOptions,
                    masks: MaskSource | None) -> Condition:
-    """The model input of evaluation image ``index`` (``original`` in [0, 1] at the model's size)."""
+    """The model input of evaluation image ``index`` (``original`` in [0, 1] at the model's size).
+
+    Masks and random degradation parameters are seeded by (fixed seed, index): the same in every run and shard."""
     y = original * 2 - 1
     t = make_task(task)
     rng = np.random.default_rng([P.EVAL_MASK_SEED, index])
@@ -118,8 +121,10 @@ def eval_condition(task: str, original: torch.Tensor, index: int, options: EvalO
     if task == "jpeg":
         x = jpeg_compress(y, options.quality).to(y.dtype)
         return Condition(y, x, torch.ones_like(y[:1]), None, False)
-    x, m = t.condition(y, rng)
-    return Condition(y, x, m, None, False)
+    # colorization, super-resolution, deblurring, denoising: the training degradation with this image's fixed
+    # random parameters (blur kernel, noise sigma)
+    example = t(y, rng)
+    return Condition(y, example.x, example.mask, None, False)
 
 
 def _save_atomic(image: torch.Tensor, path: Path) -> None:
@@ -170,7 +175,8 @@ def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, sh
             conditions = [eval_condition(options.task, prepare(items[i].path, size, channels), i, options, masks)
                           for i in chunk]
             results = sample_conditions(model, conditions, options.num_samples, steps, options.seed, options.sampler,
-                                        options.eta, schedule, options.batch_size)
+                                        options.eta, schedule, options.batch_size,
+                                        batch_invariant=options.batch_invariant)
             for i, cond, samples in zip(chunk, conditions, results):
                 visible = cond.x * (1 - cond.mask) if cond.masked else cond.x
                 _save_atomic(visible, out_dir / "inputs" / f"{items[i].id}.png")

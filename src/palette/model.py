@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from .config import Config
-from .diffusion import NoiseSchedule, ancestral_sample, diffusion_loss, q_sample, sample_gamma
+from .diffusion import NoiseSchedule, ancestral_sample, per_image_loss, q_sample, sample_gamma
 from .samplers import SCHEDULES, check_sampler, make_scheduler, scheduler_sample
+from .tiling import TiledDenoiser
 from .unet import UNet
 
 
@@ -46,21 +47,28 @@ class PaletteModel(nn.Module):
         sampling time, and they are not learnt. The regression baseline instead learns f(x, 0, 1) = y with L2
         under the mask.
         """
+        return self.training_losses(x, y, mask, generator, gamma, noise).mean()
+
+    def training_losses(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+        gamma: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of :meth:`training_loss` for each image of the batch, shape (B,)."""
         b = y.shape[0]
         if self.regression:
             y_hat = self.net(x, torch.zeros_like(y), torch.ones(b, device=y.device))
-            return diffusion_loss(y_hat.float(), y.float(), mask, p=2)
+            return per_image_loss(y_hat.float(), y.float(), mask, p=2)
         if gamma is None:
             gamma = sample_gamma(self.train_schedule, b, generator).to(y.device)
         eps = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device) if noise is None else noise
         y_t = q_sample(y, gamma, eps)
         y_t = y_t * mask + y * (1 - mask)
         eps_hat = self.net(x, y_t, gamma)
-        return diffusion_loss(eps_hat.float(), eps.float(), mask, p=1 if self.config.diffusion.loss == "l1" else 2)
+        return per_image_loss(eps_hat.float(), eps.float(), mask, p=1 if self.config.diffusion.loss == "l1" else 2)
 
     def forward(self, x, y, mask, gamma=None, noise=None) -> torch.Tensor:
-        """The training loss: what DistributedDataParallel wraps, so that gradients are synchronised."""
-        return self.training_loss(x, y, mask, gamma=gamma, noise=noise)
+        """Each image's training loss (B,): what DistributedDataParallel wraps, so that gradients are synchronised."""
+        return self.training_losses(x, y, mask, gamma=gamma, noise=noise)
 
     @torch.no_grad()
     def sample(
@@ -75,6 +83,7 @@ class PaletteModel(nn.Module):
         eta: float | None = None,
         schedule: str | None = None,
         batch_invariant: bool = False,
+        tile_overlap: int | None = None,
     ) -> torch.Tensor:
         """Samples y ~ p(y | x) in [-1, 1] with ``steps`` network evaluations.
 
@@ -86,6 +95,8 @@ class PaletteModel(nn.Module):
         whatever else is in the batch, up to floating-point rounding: convolution kernels depend on the batch size.
         ``batch_invariant=True`` runs the network one image at a time (slower), which makes an image's sample
         bit-identical whether it is sampled alone or in any batch.
+        ``tile_overlap`` (pixels) samples images larger than the network as overlapping tiles of its size, blended at
+        every step (:mod:`palette.tiling`); an image of the network's size is then sampled as without tiling.
         """
         d = self.config.diffusion
         sampler = sampler or d.sampler
@@ -111,6 +122,8 @@ class PaletteModel(nn.Module):
         generators = per_image_generators(seeds)
         noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(x.device)
         denoiser = self._one_at_a_time if batch_invariant else self.net
+        if tile_overlap is not None:
+            denoiser = TiledDenoiser(denoiser, self.config.model.image_size, tile_overlap, max(16, x.shape[0]), mask)
         if sampler == "ancestral":
             return ancestral_sample(
                 denoiser, x, walk.respaced(steps), noise, known=known, mask=mask, generator=generators,

@@ -1,8 +1,10 @@
 """Sampling a trained model on image files: what ``palette sample`` does.
 
-Each input is resized to the model's size, sampled, and the samples are resized back to the input's size. For
-inpainting and uncropping the known pixels of the output come from the input file at full resolution; only the hole
-is generated. Each input's randomness depends on (seed, sample index) alone, not on the other files of a folder.
+Each input is resized to the model's size, sampled, and the samples are resized back to the input's size (times the
+factor for super-resolution, whose input is first bicubic-upsampled as in SR3), or, with tiling, sampled at its own
+size in overlapping tiles (:mod:`palette.tiling`). For inpainting and uncropping the known pixels of the output come
+from the input file at full resolution; only the hole is generated. Each input's randomness depends on (seed, sample
+index) alone, not on the other files of a folder.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from . import checkpoint as ckpt
 from . import masks as M
 from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
+from .imagefile import probe, save_image
 from .model import PaletteModel
 from .samplers import SAMPLERS, SCHEDULES
-from .sheets import to_pil
-from .tasks import TASK_NAMES, make_task, sample_tasks
+from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
+from .tiling import tile_starts
 from .train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,8 @@ def load_model(path: str | Path, device: str | torch.device = "auto", use_ema: b
 
 
 def check_task(model: PaletteModel, task: str, where: str = "checkpoint") -> None:
-    if task not in TASK_NAMES:
-        raise PaletteError(f"unknown task {task!r}: choose one of {', '.join(TASK_NAMES)}")
+    if task not in (*TASK_NAMES, PAIRED):
+        raise PaletteError(f"unknown task {task!r}: choose one of {', '.join((*TASK_NAMES, PAIRED))}")
     can = sample_tasks(model.config.task.name, model.config.task.tasks)
     if task not in can:
         raise PaletteError(f"the {where} was trained for {model.config.task.name} ({', '.join(can)}); it cannot do {task}")
@@ -71,27 +74,48 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class Condition:
-    """The model input of one image at model size, plus what is needed to put the output back at full size."""
+    """The model input of one image (at the model's size, or at its own when tiled), plus what is needed to put the
+    output back at full size."""
 
     original: torch.Tensor  # (C, H, W) in [-1, 1] at the file's size
-    x: torch.Tensor  # (C, S, S)
-    mask: torch.Tensor  # (1, S, S), 1 where generated
+    x: torch.Tensor  # (C, S, S) at the model's size S, or the whole canvas when tiled
+    mask: torch.Tensor  # (1, ...) of x's size, 1 where generated
     full_mask: torch.Tensor | None  # (1, H, W) for masked tasks
     masked: bool
+    tile_overlap: int | None = None  # sampled in tiles with this overlap: x and mask are then at the canvas size
+
+
+def tiled_canvas(height: int, width: int, size: int) -> tuple[int, int]:
+    """The size an image is sampled at in tiles of ``size``: its own, or scaled up until its short side is ``size``."""
+    short = min(height, width)
+    if short >= size:
+        return height, width
+    return max(size, round(height * size / short)), max(size, round(width * size / short))
 
 
 def make_condition(
     model: PaletteModel, task: str, image: torch.Tensor, rng: np.random.Generator,
-    mask: np.ndarray | str | None = None, side: str = "right",
+    mask: np.ndarray | str | None = None, side: str = "right", tile_overlap: int | None = None,
 ) -> Condition:
-    """Build x for ``task`` from ``image`` (C, H, W) in [0, 1] at any size."""
+    """Build x for ``task`` from ``image`` (C, H, W) in [0, 1] at any size.
+
+    For super-resolution ``image`` is the low-resolution input: it is bicubic-upsampled by the factor first (SR3).
+    Without ``tile_overlap`` x is at the model's size; with it, at the image's own size (scaled up if a side is
+    below the model's), to be sampled in overlapping tiles.
+    """
     size = model.config.model.image_size
-    original = image * 2 - 1
-    small = resize(original, size)
     t = make_task(task)
+    if tile_overlap is not None and task == "uncropping":
+        raise PaletteError("--tile: uncropping continues the image as a whole and cannot be sampled in tiles; "
+                           "use palette panorama to extend large images")
+    original = image * 2 - 1
+    if t.scale != 1:
+        original = resize(original, (image.shape[1] * t.scale, image.shape[2] * t.scale))
+    canvas = (size, size) if tile_overlap is None else tiled_canvas(*original.shape[1:], size)
+    small = resize(original, canvas)
     if not t.masked:
         x, m = t.condition(small, rng)
-        return Condition(original, x, m, None, False)
+        return Condition(original, x, m, None, False, tile_overlap)
     h, w = image.shape[1:]
     if task == "uncropping":
         full = M.uncrop_mask(h, w, side)
@@ -108,9 +132,15 @@ def make_condition(
             raise PaletteError(f"the mask is {full.shape[1]}x{full.shape[0]} but the image is {w}x{h}")
     full_t = torch.from_numpy(full.astype(np.float32))[None]
     # a model pixel is generated if any part of it is in the hole, so thin strokes on large images are not lost
-    small_mask = (resize(full_t, size) > 1e-3).float() if (h, w) != (size, size) else full_t
+    small_mask = (resize(full_t, canvas) > 1e-3).float() if (h, w) != canvas else full_t
+    if tile_overlap is not None and any(
+        small_mask[0, top : top + size, left : left + size].all()
+        for top in tile_starts(canvas[0], size, tile_overlap) for left in tile_starts(canvas[1], size, tile_overlap)
+    ):
+        log.warning("a hole covers a whole %d px tile: tiles see no known pixels there; large holes are better "
+                    "filled without --tile", size)
     x, m = t.condition(small, rng, mask=small_mask[0].numpy().astype(bool))
-    return Condition(original, x, m, full_t, True)
+    return Condition(original, x, m, full_t, True, tile_overlap)
 
 
 def finish(condition: Condition, sample: torch.Tensor) -> torch.Tensor:
@@ -134,10 +164,6 @@ def input_files(source: str | Path) -> list[Path]:
     raise PaletteError(f"--input {source}: no such file or folder")
 
 
-def save_image(image: torch.Tensor, path: Path) -> None:
-    to_pil(image).save(path)
-
-
 def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | None, schedule: str | None,
                         num_samples: int, flag: str = "--") -> tuple[int, str]:
     """Validate the sampling arguments (``flag`` prefixes their names in messages); returns (steps, schedule)."""
@@ -157,6 +183,19 @@ def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | N
     return steps, schedule
 
 
+def tile_overlap_of(model: PaletteModel, tile: bool, overlap: int | None, flag: str = "--") -> int | None:
+    """The tile overlap in pixels (None: no tiling) of the ``tile`` and ``overlap`` arguments."""
+    if not tile:
+        if overlap is not None:
+            raise PaletteError(f"{flag}overlap is the overlap of tiles: it needs {flag}tile" + ("=True" if not flag else ""))
+        return None
+    size = model.config.model.image_size
+    overlap = size // 4 if overlap is None else overlap
+    if not 0 <= overlap < size:
+        raise PaletteError(f"{flag}overlap must be between 0 and {size - 1} (below the model's size), got {overlap}")
+    return overlap
+
+
 def sample_conditions(
     model: PaletteModel,
     conditions: Sequence[Condition],
@@ -170,23 +209,24 @@ def sample_conditions(
     on_step: Callable[[], None] | None = None,
     save_process: int = 0,
     batch_invariant: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """Sample every condition ``num_samples`` times, ``batch_size`` images per network call.
 
-    Returns, per condition and sample k (seed ``seed + k``), the sample at the input's size in [-1, 1] and, with
-    ``save_process`` = P > 0, a strip of the y0 estimates at P evenly spaced steps (the last is the final sample).
+    Returns, per condition and sample k (seed ``seed + k``, or ``seeds[i] + k`` for condition i when ``seeds`` is
+    given), the sample at the input's size in [-1, 1] and, with ``save_process`` = P > 0, a strip of the y0
+    estimates at P evenly spaced steps (the last is the final sample).
     """
+    seeds = [seed] * len(conditions) if seeds is None else list(seeds)
     device = next(model.parameters()).device
-    size = model.config.model.image_size
-    jobs = [(c, i, k) for i, c in enumerate(conditions) for k in range(num_samples)]
     results: list[list] = [[None] * num_samples for _ in conditions]
     keep_at = set(np.linspace(1, steps, save_process).round().astype(int).tolist()) if save_process else set()
-    for start in range(0, len(jobs), max(1, batch_size)):
-        chunk = jobs[start : start + max(1, batch_size)]
+    for chunk in _batches(conditions, num_samples, batch_size):
+        first = chunk[0][0]
         x = torch.stack([c.x for c, _, _ in chunk]).to(device)
-        masked = chunk[0][0].masked
+        masked = first.masked
         m = torch.stack([c.mask for c, _, _ in chunk]).to(device) if masked else None
-        known = torch.stack([resize(c.original, size) for c, _, _ in chunk]).to(device) if masked else None
+        known = torch.stack([resize(c.original, tuple(c.x.shape[1:])) for c, _, _ in chunk]).to(device) if masked else None
         snapshots: list[torch.Tensor] = []
 
         def callback(i, n, y, y0_hat):
@@ -195,12 +235,31 @@ def sample_conditions(
             if i in keep_at:
                 snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
 
-        out = model.sample(x, m, known, steps=steps, seeds=[seed + k for _, _, k in chunk], callback=callback,
-                           sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant)
+        out = model.sample(x, m, known, steps=steps, seeds=[seeds[i] + k for _, i, k in chunk], callback=callback,
+                           sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant,
+                           tile_overlap=first.tile_overlap)
         for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
             strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
             results[i][k] = (finish(cond, y), strip)
     return results
+
+
+def _batches(conditions: Sequence[Condition], num_samples: int, batch_size: int) -> list[list]:
+    """The (condition, index, sample number) jobs in batches of at most ``batch_size`` whose inputs have one shape
+    (tiled images differ in size)."""
+    batches: list[list] = []
+    for i, c in enumerate(conditions):
+        for k in range(num_samples):
+            if batches and len(batches[-1]) < max(1, batch_size) and batches[-1][0][0].x.shape == c.x.shape:
+                batches[-1].append((c, i, k))
+            else:
+                batches.append([(c, i, k)])
+    return batches
+
+
+def network_calls(conditions: Sequence[Condition], num_samples: int, batch_size: int, steps: int) -> int:
+    """How many times :func:`sample_conditions` calls ``on_step``: batches x steps."""
+    return len(_batches(conditions, num_samples, batch_size)) * steps
 
 
 def sample_files(
@@ -220,8 +279,12 @@ def sample_files(
     schedule: str | None = None,
     save_process: int = 0,
     batch_invariant: bool = False,
+    tile_overlap: int | None = None,
 ) -> list[Path]:
     """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
+
+    They are 16-bit PNG files when the input file or the model's training targets have 16-bit samples. With
+    ``tile_overlap`` each image is sampled at its own size in overlapping tiles of the model's size.
 
     With ``save_process`` = P > 0, also ``<stem>_<k>_process.png``: a strip of the y0 estimates at P evenly spaced
     steps, the last being the final sample (the paper's figures of the denoising process).
@@ -232,27 +295,30 @@ def sample_files(
     steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    channels = model.config.model.channels
-    conditions, stems = [], []
+    channels = model.config.model.condition_channels
+    conditions, stems, bits = [], [], []
     for path in inputs:
         try:
             image = load_image(path, channels)
+            depth = max(probe(path).bits, model.config.data.target_bits)
         except (OSError, ValueError) as err:
             raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
-        cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side)
-        save_image(finish_input(cond), out_dir / f"{path.stem}_input.png")
+        cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side,
+                              tile_overlap)
+        save_image(finish_input(cond), out_dir / f"{path.stem}_input.png", depth)
         conditions.append(cond)
         stems.append(path.stem)
-    total = -(-len(conditions) * num_samples // max(1, batch_size)) * steps
+        bits.append(depth)
+    total = network_calls(conditions, num_samples, batch_size, steps)
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
         results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
                                     on_step=lambda: bar.update(1), save_process=save_process,
                                     batch_invariant=batch_invariant)
     written = []
-    for stem, samples in zip(stems, results):
+    for stem, depth, samples in zip(stems, bits, results):
         for k, (sample, strip) in enumerate(samples):
             target = out_dir / f"{stem}_{k}.png"
-            save_image(sample, target)
+            save_image(sample, target, depth)
             written.append(target)
             if strip is not None:
                 save_image(strip, out_dir / f"{stem}_{k}_process.png")

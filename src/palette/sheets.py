@@ -10,13 +10,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from .data import load_image, resize
-from .tasks import make_task, sample_tasks
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A (C, H, W) image in [-1, 1] as an 8-bit PIL image (L for one channel, RGB for three)."""
-    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-    return Image.fromarray(array[0]) if array.shape[0] == 1 else Image.fromarray(array.transpose(1, 2, 0))
+from .imagefile import to_pil
+from .tasks import PAIRED, Sample, make_task, sample_tasks
 
 
 def visible_input(x: torch.Tensor, mask: torch.Tensor, masked: bool) -> torch.Tensor:
@@ -53,36 +48,55 @@ def compose_sheet(rows: Sequence[Sequence[torch.Tensor]], headers: Sequence[str]
 def task_sheet(model, task_name: str, targets: torch.Tensor, num_samples: int, seed: int, steps: int | None,
                device: torch.device, progress: bool = False) -> Image.Image:
     """Degrade ``targets`` (N, C, H, W) with ``task_name`` (fixed seed) and sample each ``num_samples`` times."""
-    from tqdm.auto import tqdm
-
     task = make_task(task_name)
     examples = [task(y, np.random.default_rng([seed, i])) for i, y in enumerate(targets)]
+    return examples_sheet(model, task_name, examples, task.masked, num_samples, seed, steps, device, progress)
+
+
+@torch.no_grad()
+def examples_sheet(model, name: str, examples: Sequence[Sample], masked: bool, num_samples: int, seed: int,
+                   steps: int | None, device: torch.device, progress: bool = False) -> Image.Image:
+    """Sample each example's x ``num_samples`` times: one row of input | samples | ground truth per example."""
+    from tqdm.auto import tqdm
+
     x = torch.stack([e.x for e in examples]).repeat_interleave(num_samples, 0).to(device)
     mask = torch.stack([e.mask for e in examples]).repeat_interleave(num_samples, 0).to(device)
-    known = targets.repeat_interleave(num_samples, 0).to(device)
+    known = torch.stack([e.y for e in examples]).repeat_interleave(num_samples, 0).to(device)
     seeds = [seed * 1000 + i for i in range(x.shape[0])]
     steps = steps or model.config.diffusion.sample_steps
-    with tqdm(total=steps, desc=f"sample {task_name}", unit="step", disable=not progress, leave=False) as bar:
-        out = model.sample(x, mask if task.masked else None, known if task.masked else None, steps=steps,
+    with tqdm(total=steps, desc=f"sample {name}", unit="step", disable=not progress, leave=False) as bar:
+        out = model.sample(x, mask if masked else None, known if masked else None, steps=steps,
                            seeds=seeds, callback=lambda *a: bar.update(1))
     rows = []
     for i, e in enumerate(examples):
         samples = list(out[i * num_samples : (i + 1) * num_samples])
-        rows.append([visible_input(e.x, e.mask, task.masked), *samples, e.y])
+        rows.append([visible_input(e.x, e.mask, masked), *samples, e.y])
     headers = ["input", *(f"sample {k + 1}" for k in range(num_samples)), "truth"]
-    return compose_sheet(rows, headers, scale=max(1, 128 // targets.shape[-1]))
+    return compose_sheet(rows, headers, scale=max(1, 128 // examples[0].y.shape[-1]))
 
 
-def training_sheet(model, paths: Sequence[Path], config, out_dir: Path, prefix: str, device: torch.device,
+def training_sheet(model, items: Sequence, config, out_dir: Path, prefix: str, device: torch.device,
                    progress: bool = False) -> list[Path]:
-    """One sheet per task the model can do, on the first ``train.sheet_images`` images of the data."""
+    """One sheet per task the model can do, on the first ``train.sheet_images`` images (or pairs) of the data."""
     size, channels = config.model.image_size, config.model.channels
-    targets = torch.stack(
-        [center_square(load_image(p, channels), size) * 2 - 1 for p in list(paths)[: config.train.sheet_images]]
-    )
+    items = list(items)[: config.train.sheet_images]
+    sheets = {}
+    if config.task.name == PAIRED:
+        source_channels = config.model.condition_channels
+        examples = []
+        for source, target in items:
+            y = center_square(load_image(target, channels), size) * 2 - 1
+            x = center_square(load_image(source, source_channels), size) * 2 - 1
+            examples.append(Sample(x, y, torch.ones((1, size, size))))
+        sheets[PAIRED] = examples_sheet(model, PAIRED, examples, False, config.train.sheet_samples,
+                                        config.train.seed, None, device, progress)
+    else:
+        targets = torch.stack([center_square(load_image(p, channels), size) * 2 - 1 for p in items])
+        for name in sample_tasks(config.task.name, config.task.tasks):
+            sheets[name] = task_sheet(model, name, targets, config.train.sheet_samples, config.train.seed, None,
+                                      device, progress)
     written = []
-    for name in sample_tasks(config.task.name, config.task.tasks):
-        sheet = task_sheet(model, name, targets, config.train.sheet_samples, config.train.seed, None, device, progress)
+    for name, sheet in sheets.items():
         path = Path(out_dir) / f"{prefix}_{name}.png"
         sheet.save(path)
         written.append(path)

@@ -16,11 +16,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from . import masks as M
 
-TASK_NAMES = ("colorization", "inpainting", "uncropping", "jpeg")
+TASK_NAMES = ("colorization", "inpainting", "uncropping", "jpeg", "sr-x2", "sr-x4", "deblurring", "denoising")
+PAPER_TASKS = ("colorization", "inpainting", "uncropping", "jpeg")  # the four tasks of the paper
+PAIRED = "paired"  # x comes with y from the data (source/ and target/ files), not from a degradation
 MULTI_TASK_DEFAULT = ("colorization", "inpainting", "jpeg")  # the paper's multi-task model
 
 
@@ -38,6 +41,15 @@ def luma(image: torch.Tensor) -> torch.Tensor:
         return image
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
     return (image[:3] * weights[:, None, None]).sum(0, keepdim=True)
+
+
+def resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize of a (C, H, W) float image (PIL's filter), clamped to the input's range."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(image.shape[1:]) == size:
+        return image
+    out = F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+    return out.clamp(float(image.min()), float(image.max()))
 
 
 def jpeg_compress(image: torch.Tensor, quality: int) -> torch.Tensor:
@@ -60,10 +72,14 @@ def jpeg_quality_distribution(low: int = 5, high: int = 30, temperature: float =
 
 
 class Task:
-    """A degradation. ``masked`` tasks learn and generate only under the mask and keep the known pixels."""
+    """A degradation. ``masked`` tasks learn and generate only under the mask and keep the known pixels.
+
+    ``scale`` is the output's size over the input's at inference (the super-resolution factor, else 1).
+    """
 
     name: str = ""
     masked: bool = False
+    scale: int = 1
 
     def draw(self, h: int, w: int, rng: np.random.Generator) -> dict[str, Any]:
         """Random parameters for one training example."""
@@ -151,6 +167,120 @@ class JpegRestoration(Task):
         return x, _full_mask(image)
 
 
+class SuperResolution(Task):
+    """x is y bicubic-downsampled by ``factor`` and bicubic-upsampled back to y's size (SR3's conditioning).
+
+    At inference the input is the low-resolution image itself: :attr:`scale` tells the sampler to upsample it by
+    ``factor`` first, so the output is ``factor`` times the input's size.
+    """
+
+    def __init__(self, factor: int):
+        self.factor = int(factor)
+        self.scale = self.factor
+        self.name = f"sr-x{self.factor}"
+
+    def draw(self, h, w, rng):
+        return {"factor": self.factor}
+
+    def condition(self, image, rng, factor: int | None = None, **params):
+        """With ``factor`` None the image is taken as it is (an already upsampled low-resolution image)."""
+        if factor is None:
+            return image, _full_mask(image)
+        h, w = image.shape[1:]
+        small = resize(image, (max(1, round(h / factor)), max(1, round(w / factor))))
+        return resize(small, (h, w)), _full_mask(image)
+
+
+GAUSSIAN_SIGMA = (0.8, 3.0)  # pixels, each principal axis; above 0.8 the sampled kernel keeps its covariance
+MOTION_LENGTH = (3.0, 15.0)  # pixels
+
+
+def gaussian_kernel(sigma_1: float, sigma_2: float, angle: float) -> np.ndarray:
+    """An anisotropic Gaussian exp(-u^T C^-1 u / 2), C = R(angle) diag(sigma_1^2, sigma_2^2) R(angle)^T,
+    sampled on the integer grid within 4 sigma and normalised to sum 1."""
+    radius = int(np.ceil(4 * max(sigma_1, sigma_2)))
+    v, u = np.mgrid[-radius : radius + 1, -radius : radius + 1].astype(np.float64)  # rows (down), columns (right)
+    c, s = np.cos(angle), np.sin(angle)
+    along, across = c * u + s * v, -s * u + c * v
+    kernel = np.exp(-0.5 * ((along / sigma_1) ** 2 + (across / sigma_2) ** 2))
+    return kernel / kernel.sum()
+
+
+def motion_kernel(length: float, angle: float, points_per_pixel: int = 8) -> np.ndarray:
+    """Linear motion blur: a centred segment of ``length`` pixels at ``angle`` (radians from the x axis), drawn as
+    evenly spaced points splatted bilinearly on the grid, normalised to sum 1."""
+    radius = int(np.ceil(length / 2)) + 1
+    n = max(2, int(np.ceil(length * points_per_pixel)))
+    t = ((np.arange(n) + 0.5) / n - 0.5) * length
+    u, v = radius + t * np.cos(angle), radius + t * np.sin(angle)
+    kernel = np.zeros((2 * radius + 1, 2 * radius + 1))
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    fu, fv = u - u0, v - v0
+    for dv, wv in ((0, 1 - fv), (1, fv)):
+        for du, wu in ((0, 1 - fu), (1, fu)):
+            np.add.at(kernel, (v0 + dv, u0 + du), wv * wu)
+    return kernel / kernel.sum()
+
+
+def blur(image: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """Convolve each channel of a (C, H, W) image with ``kernel``, borders extended by replication."""
+    k = torch.from_numpy(np.ascontiguousarray(kernel[::-1, ::-1])).to(image.dtype)  # convolution, not correlation
+    r = k.shape[0] // 2
+    padded = F.pad(image[:, None], (r, r, r, r), mode="replicate")
+    return F.conv2d(padded, k[None, None])[:, 0]
+
+
+class Deblurring(Task):
+    """x is y blurred by a random kernel: with p = 0.5 an anisotropic Gaussian (each sigma in 0.8..3 px, any
+    orientation), else a linear motion blur (length 3..15 px, any direction)."""
+
+    name = "deblurring"
+
+    def draw(self, h, w, rng):
+        angle = float(rng.uniform(0, np.pi))
+        if rng.random() < 0.5:
+            s1, s2 = (float(v) for v in rng.uniform(*GAUSSIAN_SIGMA, size=2))
+            return {"kernel": gaussian_kernel(s1, s2, angle), "blur": "gaussian", "sigma": (s1, s2), "angle": angle}
+        length = float(rng.uniform(*MOTION_LENGTH))
+        return {"kernel": motion_kernel(length, angle), "blur": "motion", "length": length, "angle": angle}
+
+    def condition(self, image, rng, kernel: np.ndarray | None = None, **params):
+        """With ``kernel`` None the image is taken as it is (a blurry photo to restore)."""
+        return (image if kernel is None else blur(image, kernel)), _full_mask(image)
+
+
+class Denoising(Task):
+    """x is y plus white Gaussian noise of standard deviation sigma, sigma uniform in ``sigma_range`` (8-bit
+    levels, 5..50 by default), clipped to the image range like a noisy file."""
+
+    name = "denoising"
+
+    def __init__(self, sigma_range: Sequence[float] = (5.0, 50.0)):
+        self.sigma_range = tuple(sigma_range)
+
+    def draw(self, h, w, rng):
+        return {"sigma": float(rng.uniform(*self.sigma_range))}
+
+    def condition(self, image, rng, sigma: float | None = None, **params):
+        """With ``sigma`` None the image is taken as it is (a noisy photo to restore)."""
+        if sigma is None:
+            return image, _full_mask(image)
+        noise = torch.from_numpy(rng.standard_normal(image.shape, dtype=np.float32)).to(image.dtype)
+        return (image + noise * (2 * sigma / 255)).clamp(-1, 1), _full_mask(image)
+
+
+class Paired(Task):
+    """x is given by the data: a source image paired with its target (:func:`palette.data.list_pairs`)."""
+
+    name = PAIRED
+
+    def __call__(self, y, rng):
+        raise ValueError("paired examples come from source and target files, not from a degradation of y")
+
+    def condition(self, image, rng, **params):
+        return image, _full_mask(image)
+
+
 class MultiTask(Task):
     """Each example is drawn from one of ``tasks`` with probability proportional to ``weights``."""
 
@@ -175,16 +305,49 @@ class MultiTask(Task):
             task.check_channels(channels)
 
 
-_TASKS = {"colorization": Colorization, "inpainting": Inpainting, "uncropping": Uncropping, "jpeg": JpegRestoration}
+_TASKS = {
+    "colorization": Colorization, "inpainting": Inpainting, "uncropping": Uncropping, "jpeg": JpegRestoration,
+    "sr-x2": lambda: SuperResolution(2), "sr-x4": lambda: SuperResolution(4), "deblurring": Deblurring,
+    "denoising": Denoising,
+}
 
 
 def make_task(name: str, tasks: Sequence[str] = MULTI_TASK_DEFAULT, weights: Sequence[float] | None = None) -> Task:
     """A task by name; ``multi`` mixes ``tasks`` (with ``weights``) example by example."""
     if name == "multi":
         return MultiTask([make_task(t) for t in tasks], weights or None)
+    if name == PAIRED:
+        return Paired()
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join((*TASK_NAMES, 'multi'))}")
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}")
     return _TASKS[name]()
+
+
+def parse_task_weights(spec: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """``colorization:1,inpainting:2,jpeg`` -> the tasks and their weights (a name alone weighs 1).
+
+    The weights are relative sampling probabilities: each example is drawn from a task with probability
+    weight / sum of weights.
+    """
+    names, weights = [], []
+    for part in spec.split(","):
+        name, _, weight = part.strip().partition(":")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"{spec!r} has an empty entry: write name:weight pairs separated by commas")
+        if name not in TASK_NAMES:
+            raise ValueError(f"unknown task {name!r} in {spec!r}: choose from {', '.join(TASK_NAMES)}")
+        if name in names:
+            raise ValueError(f"{name} appears twice in {spec!r}")
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"the weight of {name} in {spec!r} is not a number: {weight!r}") from None
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"the weight of {name} in {spec!r} must be a positive number, got {weight}")
+        names.append(name)
+        weights.append(value)
+    return tuple(names), tuple(weights)
 
 
 def sample_tasks(name: str, tasks: Sequence[str] = MULTI_TASK_DEFAULT) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -27,12 +28,12 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import Config
-from .data import StepSampler, TrainingData, list_images, scan_images, training_loader
+from .data import StepSampler, TrainingData, list_images, list_pairs, scan_images, training_loader
 from .diffusion import NoiseSchedule
 from .errors import PaletteError
 from .model import PaletteModel
 from .sheets import training_sheet
-from .tasks import make_task
+from .tasks import PAIRED, make_task
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,18 @@ def make_accelerator(config: Config):
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
 
 
+def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[int, ...]) -> Config:
+    """The config with what the data decides: the bit depth of the targets and, for paired data, the channels of
+    the source and the target (3 if any file of that side is in colour, else 1)."""
+    model = config.model
+    if config.task.name == PAIRED:
+        model = dataclasses.replace(model, source_channels=channels[0], channels=channels[1])
+        log.info("paired data: %d-channel sources, %d-channel targets, %d-bit targets", channels[0], channels[1],
+                 bits[-1])
+    data = dataclasses.replace(config.data, target_bits=bits[-1])
+    return dataclasses.replace(config, model=model, data=data)
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, resume: bool = False, progress: bool = True):
         config.validate()
@@ -150,11 +163,15 @@ class Trainer:
         if resume and existing is None:
             raise PaletteError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
 
-        self.paths, self.bad_files = self._scan(list_images(config.data.path))
+        paired = config.task.name == PAIRED
+        report = self._scan(list_pairs(config.data.path) if paired else list_images(config.data.path))
+        self.paths = report.readable
+        self.bad_files = len(report.unreadable)
+        self.config = config = with_data_properties(config, report.channels, report.bits)
         regression = config.diffusion.objective == "regression"
         self.dataset = TrainingData(
             self.paths, self.task, config.model.image_size, config.model.channels, cfg.seed,
-            config.data.crop_scale_min, config.data.flip,
+            config.data.crop_scale_min, config.data.flip, config.model.condition_channels,
             noise_schedule=None if regression else NoiseSchedule(config.diffusion.train_schedule),
         )
         torch.manual_seed(cfg.seed)
@@ -167,6 +184,7 @@ class Trainer:
             self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
         )
         self.step = 0
+        self.task_losses: dict[str, list[float]] = {}  # per-example losses of each task since the last log
         if resume:
             self._restore(existing)
         if cfg.compile:
@@ -176,13 +194,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir / "config.yaml")
 
-    def _scan(self, paths: list[Path]) -> tuple[list[Path], int]:
-        """Check the files once, on the main process, and share the result."""
+    def _scan(self, items: list):
+        """Check the files once, on the main process, and share the report."""
         result = [None]
         if self.main:
-            report = scan_images(paths, self.config.model.image_size, self.config.data.max_bad_fraction,
-                                 self.progress)
-            result = [(report.readable, len(report.unreadable))]
+            result = [scan_images(items, self.config.model.image_size, self.config.data.max_bad_fraction,
+                                  self.progress)]
         if self.world > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -242,9 +259,13 @@ class Trainer:
             # gradients are all-reduced once per step, on the last micro-batch
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_model)
             with sync:
-                loss = self.ddp_model(**self._to_device(micro)) / len(micro_batches)
+                losses = self.ddp_model(**self._to_device(micro))  # each example's loss
+                loss = losses.mean() / len(micro_batches)
                 self.accelerator.backward(loss)
             total += loss.detach().float()
+            if self.main and self.config.task.name == "multi":
+                for name, value in zip(micro.get("task", ()), losses.detach().float().cpu().tolist()):
+                    self.task_losses.setdefault(name, []).append(value)
         loss = self.accelerator.reduce(total, reduction="mean") if self.world > 1 else total
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -261,6 +282,14 @@ class Trainer:
         self.step += 1
         self._update_ema()
         return {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
+
+    def log_task_losses(self, writer) -> None:
+        """A multi-task run's mean loss of each task's examples since the last log, as ``train/loss/<task>`` (the
+        main process's share of the examples when there are several processes)."""
+        if self.config.task.name == "multi":
+            for name, values in sorted(self.task_losses.items()):
+                writer.add_scalar(f"train/loss/{name}", sum(values) / len(values), self.step)
+        self.task_losses = {}
 
     def fit(self) -> Path | None:
         from torch.utils.tensorboard import SummaryWriter
@@ -298,6 +327,7 @@ class Trainer:
                     tick, ticked = now, 0
                     for key, value in stats.items():
                         writer.add_scalar(f"train/{key}", value, self.step)
+                    self.log_task_losses(writer)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     last = self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):

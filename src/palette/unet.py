@@ -25,7 +25,8 @@ class UNetConfig:
     """Plain values that fully describe the network (saved beside the weights)."""
 
     image_size: int = 256
-    channels: int = 3  # image channels C: the network reads 2C (x and y_t) and writes C
+    channels: int = 3  # image channels C of y: the network reads x and y_t and writes C
+    source_channels: int | None = None  # channels of x when they differ from C (paired data); None: C
     base_channels: int = 256
     channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
     num_res_blocks: int = 2
@@ -36,8 +37,13 @@ class UNetConfig:
     groups: int = 32
 
     @property
+    def condition_channels(self) -> int:
+        """Channels of the source image x."""
+        return self.channels if self.source_channels is None else self.source_channels
+
+    @property
     def in_channels(self) -> int:
-        return 2 * self.channels
+        return self.condition_channels + self.channels
 
     @property
     def out_channels(self) -> int:
