@@ -124,7 +124,7 @@ def test_eval_table_merges_results_in_rows(evaluated, tmp_path, capsys):
     assert len(lines) == 4 and lines[3].startswith("| regression baseline |")
 
 
-@pytest.mark.parametrize("task,condition", [("jpeg", {"quality": 10}), ("colorization", {}),
+@pytest.mark.parametrize("task,condition", [("jpeg", {"quality": 10}), ("colorization", {}), ("sr-x2", {}),
                                             ("uncropping", {"mask": "uncrop-right"})])
 def test_eval_runs_for_every_task(task, condition, trained_run, listing, random_weights_dir, tmp_path):
     assert main(["eval", "--checkpoint", str(trained_run), "--task", task, "--data", str(listing), "--out",
@@ -141,3 +141,16 @@ def test_eval_errors_are_clear(trained_run, listing, random_weights_dir, tmp_pat
     assert "palette weights download inception-v3-compat" in capsys.readouterr().err
     assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--shard", "2/2") == 2
     assert "--shard 2/2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["colorization", "sr-x4", "deblurring", "denoising", "jpeg"])
+def test_eval_inputs_are_degraded_the_same_way_in_every_run(task):
+    original = torch.rand(3, 32, 32)
+    options = E.EvalOptions(task=task)
+    first = E.eval_condition(task, original, 5, options, None)
+    again = E.eval_condition(task, original, 5, options, None)
+    other = E.eval_condition(task, original, 6, options, None)
+    assert torch.equal(first.x, again.x)
+    assert (first.x - (original * 2 - 1)).abs().mean() > 1e-3  # x is not the clean image
+    if task in ("deblurring", "denoising"):  # parameters drawn per image index
+        assert not torch.equal(first.x, other.x)
