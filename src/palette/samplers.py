@@ -80,7 +80,10 @@ def scheduler_sample(
         y = y * mask + known * keep
     timesteps = list(scheduler.timesteps)
     accepts = inspect.signature(scheduler.step).parameters
-    extra = {k: v for k, v in (("generator", generator), ("eta", eta)) if k in accepts}
+    # DDIM: the noise direction is recomputed from the clipped y0 (diffusers' default keeps the network's eps, so
+    # its ODE differs from the other solvers' wherever the clip acts; the paper's sampler uses the clipped y0 too)
+    extra = {k: v for k, v in (("generator", generator), ("eta", eta), ("use_clipped_model_output", True))
+             if k in accepts}
     for i, t in enumerate(timesteps):
         level = torch.full((y.shape[0],), float(gammas[int(t)]), device=y.device)
         model_input = scheduler.scale_model_input(y, t)
