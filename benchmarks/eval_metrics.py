@@ -21,21 +21,13 @@ import numpy as np
 import torch
 
 from palette import metrics as MT
-from palette import weights as W
 
 
 def random_weights(folder: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import torchvision
-    from conftest import _kaiming, random_inception_v3_compat
+    from conftest import write_random_weights
 
-    nets = {"inception-v3-compat": random_inception_v3_compat(),
-            "resnet50": _kaiming(torchvision.models.resnet50(weights=None), 1),
-            "googlenet": _kaiming(torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False), 2),
-            "alexnet": _kaiming(torchvision.models.alexnet(weights=None), 3)}
-    for name, net in nets.items():
-        torch.save(net.state_dict(), folder / W.WEIGHTS[name].filename)
-    return folder
+    return write_random_weights(folder)
 
 
 def timed(fn, *args, repeat: int = 1):

@@ -80,14 +80,12 @@ def random_inception_v3_compat() -> torch.nn.Module:
     return _kaiming(net.float(), 0)
 
 
-@pytest.fixture(scope="session")
-def random_weights_dir(tmp_path_factory) -> Path:
-    """Every metric backbone with random kaiming weights, saved under the standard file names."""
+def write_random_weights(folder: Path) -> Path:
+    """Every metric backbone with random kaiming weights, saved under the standard file names in ``folder``."""
     import torchvision
 
     from palette import weights as W
 
-    folder = tmp_path_factory.mktemp("weights")
     nets = {
         "inception-v3-compat": random_inception_v3_compat(),
         "resnet50": _kaiming(torchvision.models.resnet50(weights=None), 1),
@@ -97,3 +95,8 @@ def random_weights_dir(tmp_path_factory) -> Path:
     for name, net in nets.items():
         torch.save(net.state_dict(), folder / W.WEIGHTS[name].filename)
     return folder
+
+
+@pytest.fixture(scope="session")
+def random_weights_dir(tmp_path_factory) -> Path:
+    return write_random_weights(tmp_path_factory.mktemp("weights"))
