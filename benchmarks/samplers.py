@@ -94,16 +94,18 @@ def main() -> None:
     parser.add_argument("--training-steps", nargs="+", type=int, default=[100, 50, 20, 10],
                         help="step counts measured on the training schedule")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (the timings in the README), cuda, auto")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
-    model = load_model(args.checkpoint, "cpu")
+    model = load_model(args.checkpoint, args.device)
+    device = next(model.parameters()).device
     cases = make_cases(model, list_images(args.data), args.images, args.seed)
     seeds = list(range(args.images))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"checkpoint {args.checkpoint}: {model.config.task.name}, {model.config.model.image_size}px, "
-          f"{args.images} held-out crops, torch {torch.get_num_threads()} threads")
+          f"{args.images} held-out crops, on {device} (torch {torch.get_num_threads()} threads)")
     train_min = NoiseSchedule(model.config.diffusion.train_schedule).gammas[-1]
     paper = NoiseSchedule(INFERENCE_SCHEDULE)
     below = int((paper.gammas[1:] < train_min).sum())
@@ -111,14 +113,15 @@ def main() -> None:
           f"trained noise level gamma = {train_min:.3g}")
 
     for sampler in args.samplers:  # first calls pay for imports and allocations: keep them out of the timings
-        model.sample(next(iter(cases.values()))[0][:1], steps=2, sampler=sampler)
+        model.sample(next(iter(cases.values()))[0][:1].to(device), steps=2, sampler=sampler)
     rows = []
     for task, (x, mask, y) in cases.items():
-        known = y if mask is not None else None
+        xd, md = x.to(device), mask.to(device) if mask is not None else None
+        known = y.to(device) if mask is not None else None
 
         def run(sampler, steps, schedule):
             start = time.perf_counter()
-            out = model.sample(x, mask, known, steps=steps, seeds=seeds, sampler=sampler, schedule=schedule)
+            out = model.sample(xd, md, known, steps=steps, seeds=seeds, sampler=sampler, schedule=schedule).cpu()
             return out, (time.perf_counter() - start) / len(seeds)
 
         reference, ref_time = run("ancestral", 1000, "inference")

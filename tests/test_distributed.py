@@ -80,6 +80,46 @@ def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path):
     _assert_same_weights(tmp_path / "two", tmp_path / "one")
 
 
+def _assert_same_ema(a, b, tol):
+    ea = ckpt.read_weights(ckpt.latest_checkpoint(a) / "ema.safetensors")[0]
+    eb = ckpt.read_weights(ckpt.latest_checkpoint(b) / "ema.safetensors")[0]
+    assert ea.keys() == eb.keys()
+    worst = max((ea[k] - eb[k]).abs().max().item() for k in ea)
+    assert worst < tol, worst
+
+
+def test_fsdp_on_two_processes_trains_the_same_parameters_as_one(photo_dir, tmp_path):
+    args = [*TRAIN, "--data", str(photo_dir), "--steps", "3"]
+    # micro-batches of 1: FSDP's gradient accumulation (reduce-scatter on the last micro-batch only) as well
+    _torchrun(2, "train", *args, "--sharding", "fsdp", "--micro-batch-size", "1", "--out", str(tmp_path / "fsdp"),
+              *EXACT)
+    assert main(["train", *args, "--out", str(tmp_path / "one"), *EXACT]) == 0
+    log = (tmp_path / "fsdp" / "train.log").read_text()
+    assert "on 2 process(es)" in log and "FSDP" in log and "2 micro-batch(es) of 1" in log
+    assert ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / "fsdp"))[1]["sharding"] == "fsdp"
+    _assert_same_weights(tmp_path / "fsdp", tmp_path / "one")
+    _assert_same_ema(tmp_path / "fsdp", tmp_path / "one", 1e-5)
+    # the checkpoint holds full tensors, with the optimizer's moments: the same files one process writes
+    (fsdp_opt, _), (one_opt, _) = (ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / r)) for r in
+                                   ("fsdp", "one"))
+    for i, entries in one_opt["state"].items():
+        assert fsdp_opt["state"][i]["exp_avg"].shape == entries["exp_avg"].shape
+
+
+def test_an_fsdp_run_resumes_on_one_process_and_back_and_matches(photo_dir, tmp_path):
+    args = [*TRAIN, "--data", str(photo_dir)]
+    chain = str(tmp_path / "chain")
+    _torchrun(2, "train", *args, "--steps", "2", "--sharding", "fsdp", "--out", chain, *EXACT)
+    assert main(["train", *args, "--steps", "3", "--out", chain, "--resume", *EXACT]) == 0
+    # back to FSDP: the sharded Adam moments and EMA are cut from the full tensors of the checkpoint
+    _torchrun(2, "train", *args, "--steps", "4", "--sharding", "fsdp", "--out", chain, "--resume", *EXACT,
+              "train.sample_every=4")
+    assert main(["train", *args, "--steps", "4", "--out", str(tmp_path / "whole"), *EXACT]) == 0
+    _assert_same_weights(chain, tmp_path / "whole", tol=1e-4)
+    _assert_same_ema(chain, tmp_path / "whole", 1e-4)
+    assert (tmp_path / "chain" / "samples" / "step0000004_inpainting.png").is_file()  # the gathered EMA's sheet
+
+
 def test_gradient_accumulation_equals_one_large_batch(photo_dir, tmp_path):
     args = [*TRAIN, "--data", str(photo_dir), "--steps", "3"]
     assert main(["train", *args, "--out", str(tmp_path / "whole"), *EXACT]) == 0
@@ -162,3 +202,15 @@ def test_bench_reports_throughput_and_fraction_of_peak(capsys, tmp_path):
     assert result["gflop_forward_per_image"] > 0 and result["peak_gflops"] > 0
     assert result["train_fraction_of_peak"] == pytest.approx(
         3 * result["gflop_forward_per_image"] * result["train_images_per_s"] / result["peak_gflops"], rel=1e-3)
+    assert result["layout"] == "channels_last" and result["compiled"] is False  # auto on a CPU; no --compile
+
+
+def test_channels_last_auto_means_cpu_only_and_true_false_force_it():
+    from palette.config import use_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last("auto", cpu) and not use_channels_last("auto", cuda)
+    assert use_channels_last(True, cuda) and use_channels_last("true", cuda)
+    assert not use_channels_last(False, cpu) and not use_channels_last("false", cpu)
+    with pytest.raises(SystemExit):  # one or the other
+        main(["bench", "--preset", "tiny", "--device", "cpu", "--seconds", "0.05", "--contiguous", "--channels-last"])

@@ -198,3 +198,21 @@ def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, p
         assert latest is not None and latest != before
         load_model(run_dir, "cpu")
         ckpt.read_training_state(latest)
+
+
+def test_a_time_limit_checkpoints_and_stops_and_the_run_resumes_to_the_same_weights(tmp_path, photo_dir, monkeypatch):
+    config = micro_config(f"data.path={photo_dir}", "task.name=inpainting", "train.steps=5", "train.checkpoint_every=4")
+    train(config, tmp_path / "straight", progress=False)
+    clock = iter(range(0, 10_000, 50))  # each reading of the clock is 50 s later: the first step ends past a minute
+    monkeypatch.setattr("palette.train._clock", lambda: float(next(clock)))
+    limited = micro_config(f"data.path={photo_dir}", "task.name=inpainting", "train.steps=5",
+                           "train.checkpoint_every=4", "train.time_limit_minutes=1")
+    train(limited, tmp_path / "limited", progress=False)
+    stopped = ckpt.latest_checkpoint(tmp_path / "limited")
+    assert ckpt.read_training_state(stopped)[1]["step"] == 2  # deadline 60 s; clock 50 after step 1, 100 after 2
+    monkeypatch.undo()
+    train(config, tmp_path / "limited", resume=True, progress=False)
+    (a, ea), (b, eb) = _params(tmp_path / "straight"), _params(tmp_path / "limited")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=0)

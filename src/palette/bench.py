@@ -14,12 +14,13 @@ import contextlib
 import copy
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Config, apply_overrides, preset
+from .config import Config, apply_overrides, preset, use_channels_last
 from .errors import PaletteError
 from .model import PaletteModel
 from .train import resolve_device
@@ -37,6 +38,8 @@ class BenchResult:
     threads: int
     batch: int
     precision: str
+    layout: str  # channels_last or NCHW activations
+    compiled: bool  # torch.compile asked for and seen compiling (dynamo compiled at least one frame)
     parameters_m: float
     gflop_forward_per_image: float
     peak_gflops: float
@@ -90,6 +93,12 @@ def forward_flops(model: PaletteModel, x: torch.Tensor, y: torch.Tensor, gamma: 
     return counter.get_total_flops()
 
 
+def _compiled_frames() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["ok"])
+
+
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -97,7 +106,8 @@ def _peak_memory_gb(device: torch.device) -> float:
 
 
 def run_bench(config: Config, device: str = "auto", precision: str = "no", seconds: float = 10.0,
-              gradient_checkpointing: bool = False, compile: bool = False, channels_last: bool = True) -> BenchResult:
+              gradient_checkpointing: bool = False, compile: bool = False,
+              channels_last: bool | None = None) -> BenchResult:
     dev = resolve_device(device)
     if precision not in ("no", "bf16", "fp16"):
         raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {precision!r}")
@@ -108,12 +118,12 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(dev)
     b, s, c = config.train.batch_size, config.model.image_size, config.model.channels
+    if channels_last is None:  # train.channels_last=auto
+        channels_last = use_channels_last("auto", dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = PaletteModel(config).to(dev, memory_format=fmt)
     model.net.gradient_checkpointing = gradient_checkpointing
-    if compile:
-        model.net.compile()
     ema = copy.deepcopy(model.net).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(b, c, s, s, device=dev).contiguous(memory_format=fmt)
@@ -121,6 +131,8 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
     mask = torch.ones(b, 1, s, s, device=dev)
     gamma = torch.rand(b, device=dev)
     flops = forward_flops(model, x, y, gamma)
+    if compile:  # after counting: a frame first run under FlopCounterMode is left uncompiled by dynamo
+        model.net.compile()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
     scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
@@ -147,8 +159,13 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
         with torch.no_grad(), autocast():
             model.net(x, y, gamma)
 
+    compiled_before = _compiled_frames()
     model.train()
     train_rate = _rate(train_step, dev, seconds) * b
+    compiled = compile and _compiled_frames() > compiled_before
+    if compile and not compiled:
+        warnings.warn("--compile: torch.compile compiled nothing (is TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE "
+                      "set?); the figures are eager ones", stacklevel=2)
     model.eval()
     sample_rate = _rate(sample_step, dev, seconds / 2) * b
     peak = matmul_peak(dev, dtype if dtype and dev.type == "cuda" else torch.float32)
@@ -157,6 +174,7 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
     return BenchResult(
         preset=config.preset, device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         threads=torch.get_num_threads(), batch=b, precision=precision,
+        layout="channels_last" if channels_last else "NCHW", compiled=compiled,
         parameters_m=sum(p.numel() for p in model.parameters()) / 1e6, gflop_forward_per_image=flops / 1e9,
         peak_gflops=peak, train_images_per_s=train_rate, train_gflops=train_gflops,
         train_fraction_of_peak=train_gflops / peak, sample_images_per_s=sample_rate, sample_gflops=sample_gflops,
@@ -167,7 +185,8 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
 def report(r: BenchResult) -> str:
     peak_kind = "bf16" if r.precision == "bf16" and not r.device.startswith("cpu") else "fp32"
     lines = [
-        f"{r.preset}: {r.parameters_m:.1f}M parameters, batch {r.batch}, {r.precision} precision, on {r.device}"
+        f"{r.preset}: {r.parameters_m:.1f}M parameters, batch {r.batch}, {r.precision} precision, {r.layout}"
+        + (", compiled" if r.compiled else "") + f", on {r.device}"
         + (f" ({r.threads} threads)" if r.device.startswith("cpu") else ""),
         f"  forward          {r.gflop_forward_per_image:8.2f} GFLOP per image",
         f"  matmul peak      {r.peak_gflops:8.1f} GFLOP/s ({peak_kind}, measured)",

@@ -77,7 +77,8 @@ def _train_config(args):
         "data.num_workers": args.workers, "train.micro_batch_size": args.micro_batch_size,
         "train.mixed_precision": args.mixed_precision,
         "train.gradient_checkpointing": True if args.gradient_checkpointing else None,
-        "train.compile": True if args.compile else None,
+        "train.compile": True if args.compile else None, "train.time_limit_minutes": args.time_limit,
+        "train.sharding": args.sharding,
     }
     if args.resume and (run_dir / "config.yaml").is_file():
         base = Config.load(run_dir / "config.yaml")
@@ -274,7 +275,7 @@ def cmd_bench(args) -> int:
         config = bench_config(name, list(args.overrides) + ([f"train.batch_size={args.batch_size}"]
                                                             if args.batch_size else []))
         result = run_bench(config, args.device, args.mixed_precision, args.seconds, args.gradient_checkpointing,
-                           args.compile, not args.contiguous)
+                           args.compile, True if args.channels_last else False if args.contiguous else None)
         print(report(result), flush=True)
         results.append(as_dict(result))
     if args.json:
@@ -333,7 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), help="autocast precision (default no)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow to start)")
+    p.add_argument("--sharding", choices=("ddp", "fsdp"),
+                   help="ddp (default): every process holds the model; fsdp: parameters, gradients, optimizer and EMA "
+                        "sharded over the processes")
     p.add_argument("--steps", type=int, help="total optimisation steps of the run")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="write a checkpoint and stop after this many minutes (resume later with --resume)")
     p.add_argument("--loss", choices=("l2", "l1"))
     p.add_argument("--objective", choices=("diffusion", "regression"))
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
@@ -420,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--contiguous", action="store_true", help="NCHW activations (default on GPUs)")
+    layout.add_argument("--channels-last", action="store_true", help="channels_last activations (default on CPUs)")
     p.add_argument("--seconds", type=float, default=10.0, help="time spent measuring training (sampling: half)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -79,7 +79,7 @@ def run_demo(out: Path, steps: int = 1000, sample_steps: int = 200, num_samples:
     from .model import PaletteModel
 
     model = PaletteModel(config).to(trainer.device)
-    model.net.load_state_dict(trainer.ema.state_dict())
+    model.net.load_state_dict(trainer.ema_state_dict())
     model.eval()
     rng = np.random.default_rng(1234)
     size = config.model.image_size

@@ -27,15 +27,18 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .config import Config
+from .config import Config, use_channels_last
 from .data import StepSampler, TrainingData, list_images, list_pairs, scan_images, training_loader
 from .diffusion import NoiseSchedule
 from .errors import PaletteError
 from .model import PaletteModel
+from .sharding import (ShardedEMA, full_optimizer_state, full_state_dict, full_tensor, load_optimizer_state,
+                       shard_network)
 from .sheets import training_sheet
 from .tasks import PAIRED, make_task
 
 log = logging.getLogger(__name__)
+_clock = time.monotonic  # the time limit's clock (tests replace it)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,6 +151,10 @@ class Trainer:
         self.device = self.accelerator.device
         cfg = config.train
         self.micro_batch, self.accumulation = batch_layout(cfg.batch_size, self.world, cfg.micro_batch_size)
+        # FSDP shards over the processes: with one process it is plain training
+        self.fsdp = cfg.sharding == "fsdp" and self.world > 1
+        if cfg.sharding == "fsdp" and cfg.mixed_precision == "fp16":
+            raise PaletteError("--sharding fsdp trains in fp32 or --mixed-precision bf16, not fp16")
         self.task = make_task(config.task.name, config.task.tasks, config.task.weights)
         try:
             self.task.check_channels(config.model.channels)
@@ -177,19 +184,33 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = PaletteModel(config)  # the same initial weights on every process
         self.model.net.gradient_checkpointing = cfg.gradient_checkpointing
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=self.memory_format)
+        self.memory_format = torch.channels_last if use_channels_last(cfg.channels_last, self.device) \
+            else torch.contiguous_format
+        # FSDP2 shards contiguous parameters only; the activations keep the chosen layout
+        self.model.to(self.device, memory_format=torch.contiguous_format if self.fsdp else self.memory_format)
         self.ema = copy.deepcopy(self.model.net).requires_grad_(False)
+        self.step = 0
+        self.task_losses: dict[str, list[float]] = {}  # per-example losses of each task since the last log
+        optimizer_state = self._restore(existing) if resume else None
+        self.sharded_ema = None
+        if self.fsdp:
+            shard_network(self.model.net)
+            self.sharded_ema = ShardedEMA(self.model.net, self.ema.state_dict())
+            self.ema = None  # each process keeps its shards of the EMA only
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
         )
-        self.step = 0
-        self.task_losses: dict[str, list[float]] = {}  # per-example losses of each task since the last log
-        if resume:
-            self._restore(existing)
+        if optimizer_state is not None:
+            if self.fsdp:
+                load_optimizer_state(self.optimizer, optimizer_state)
+            else:
+                self.optimizer.load_state_dict(optimizer_state)
         if cfg.compile:
             self.model.net.compile()
-        self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.fsdp:  # sharded in place: the model trains as it is, under the accelerator's autocast
+            self.ddp_model = self.model
+        else:
+            self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir / "config.yaml")
@@ -206,35 +227,48 @@ class Trainer:
             result = broadcast_object_list(result, from_process=0)
         return result[0]
 
-    def _restore(self, checkpoint: Path) -> None:
+    def _restore(self, checkpoint: Path) -> dict[str, Any]:
+        """Load the weights and EMA of ``checkpoint`` (before any sharding); returns its optimizer state."""
         saved = ckpt.config_of(ckpt.read_weights(checkpoint / "model.safetensors")[1], checkpoint)
         check_resumable(saved, self.config, self.run_dir)
         self.model.net.load_state_dict(ckpt.read_weights(checkpoint / "model.safetensors")[0])
         self.ema.load_state_dict(ckpt.read_weights(checkpoint / "ema.safetensors")[0])
         optimizer, training = ckpt.read_training_state(checkpoint)
-        self.optimizer.load_state_dict(optimizer)
         self.step = int(training["step"])
         previous = training.get("processes")
         log.info("resumed %s at step %d%s", self.run_dir, self.step,
                  f" (written by {previous} process(es), now {self.world})" if previous not in (None, self.world)
                  else "")
+        return optimizer
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+        """The EMA weights, unsharded (under FSDP a collective: every process calls it)."""
+        return self.sharded_ema.full_state_dict() if self.fsdp else self.ema.state_dict()
 
     def save(self) -> Path | None:
-        """The main process writes the checkpoint; every process waits until it is complete."""
+        """The main process writes the checkpoint (under FSDP every process first helps gather the full tensors);
+        every process waits until it is complete."""
         path = None
+        if self.fsdp:
+            weights, ema = full_state_dict(self.model.net), self.ema_state_dict()
+            optimizer = full_optimizer_state(self.optimizer)
+        else:
+            weights, ema, optimizer = self.model.net.state_dict(), self.ema.state_dict(), self.optimizer.state_dict()
         if self.main:
             training = {"step": self.step, "examples_seen": self.step * self.config.train.batch_size,
-                        "seed": self.config.train.seed, "bad_files": self.bad_files, "processes": self.world}
-            path = ckpt.write_checkpoint(
-                self.run_dir, self.step, self.model.net.state_dict(), self.ema.state_dict(),
-                self.optimizer.state_dict(), self.config, training, keep=self.config.train.keep_checkpoints,
-            )
+                        "seed": self.config.train.seed, "bad_files": self.bad_files, "processes": self.world,
+                        "sharding": "fsdp" if self.fsdp else "ddp"}
+            path = ckpt.write_checkpoint(self.run_dir, self.step, weights, ema, optimizer, self.config, training,
+                                         keep=self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = ema_decay(self.config, self.step)
+        if self.fsdp:
+            self.sharded_ema.update(decay)
+            return
         ema_params = list(self.ema.parameters())
         torch._foreach_lerp_(ema_params, list(self.model.net.parameters()), 1 - decay)
 
@@ -256,8 +290,12 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i, micro in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            # gradients are all-reduced once per step, on the last micro-batch
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_model)
+            # gradients are all-reduced (FSDP: reduce-scattered) once per step, on the last micro-batch
+            if self.fsdp:
+                self.model.net.set_requires_gradient_sync(last)
+                sync = self.accelerator.autocast()
+            else:
+                sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_model)
             with sync:
                 losses = self.ddp_model(**self._to_device(micro))  # each example's loss
                 loss = losses.mean() / len(micro_batches)
@@ -275,8 +313,11 @@ class Trainer:
                 f"the loss became {loss_value} at step {self.step}: training stopped. The last good checkpoint is "
                 f"{last if last else '(none written yet)'}; try a lower train.lr or a larger train.warmup_steps"
             )
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(),
-                                                     cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        if self.fsdp:  # the norm over all shards
+            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        else:
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -302,9 +343,10 @@ class Trainer:
             return ckpt.latest_checkpoint(self.run_dir)
         if self.main:
             log.info(
-                "training %s on %d process(es) (%s, %s precision): %d images, global batch %d = %d process(es) x "
+                "training %s on %d process(es) (%s, %s precision, %s): %d images, global batch %d = %d process(es) x "
                 "%d micro-batch(es) of %d, %d steps from step %d, %.2fM parameters",
-                self.config.task.name, self.world, self.device, cfg.mixed_precision, len(self.paths), cfg.batch_size,
+                self.config.task.name, self.world, self.device, cfg.mixed_precision,
+                "FSDP" if self.fsdp else "DDP" if self.world > 1 else "one process", len(self.paths), cfg.batch_size,
                 self.world, self.accumulation, self.micro_batch, remaining, self.step,
                 sum(p.numel() for p in self.model.parameters()) / 1e6,
             )
@@ -315,6 +357,7 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True)
         last = None
         tick, ticked = time.perf_counter(), 0
+        deadline = _clock() + 60 * cfg.time_limit_minutes if cfg.time_limit_minutes > 0 else None
         try:
             for _ in range(remaining):
                 stats = self.train_step([next(loader) for _ in range(self.accumulation)])
@@ -331,21 +374,37 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     last = self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                    ema = self.ema_state_dict()
                     if self.main:
-                        self.write_sheets(writer)
+                        self.write_sheets(writer, ema)
                     self.accelerator.wait_for_everyone()
+                if deadline is not None and self._out_of_time(deadline):
+                    if self.step % cfg.checkpoint_every:  # not written just above
+                        last = self.save()
+                    if self.main:
+                        log.info("time limit of %g minutes reached at step %d of %d: checkpoint written; continue "
+                                 "with --resume", cfg.time_limit_minutes, self.step, cfg.steps)
+                    break
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
         return last
 
-    def write_sheets(self, writer=None) -> list[Path]:
+    def _out_of_time(self, deadline: float) -> bool:
+        """Whether the main process has passed ``deadline``; every process gets the same answer."""
+        late = torch.tensor(float(_clock() > deadline), device=self.device)
+        if self.world > 1:
+            late = self.accelerator.reduce(late, reduction="sum")  # one process past it stops all
+            late = torch.tensor(float(late.item() > 0), device=self.device)
+        return bool(late.item())
+
+    def write_sheets(self, writer=None, ema: dict[str, torch.Tensor] | None = None) -> list[Path]:
         """Sample sheets of the EMA model on fixed examples, one per task: input | samples | ground truth."""
         sheet_dir = self.run_dir / "samples"
         sheet_dir.mkdir(parents=True, exist_ok=True)
         sampler = PaletteModel(self.config).to(self.device)
-        sampler.net.load_state_dict(self.ema.state_dict())
+        sampler.net.load_state_dict(self.ema_state_dict() if ema is None else ema)
         sampler.eval()
         written = training_sheet(
             sampler, self.paths, self.config, sheet_dir, f"step{self.step:07d}", self.device, progress=self.progress,
