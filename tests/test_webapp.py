@@ -130,3 +130,41 @@ def test_without_a_checkpoint_the_page_asks_for_one_and_loads_it(bare_server, br
     page.get_by_text("Loaded a multi model").first.wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)
     page.close()
+
+
+def _natural_sizes(page):
+    return page.evaluate("Array.from(document.querySelectorAll('#gallery img')).map(i => [i.naturalWidth, "
+                         "i.naturalHeight])")
+
+
+def test_an_uncropping_panorama_is_one_wide_image(page, photo_dir, tmp_path):
+    page.locator("#upload input[type=file]").set_input_files(str(photo_dir / "chelsea.png"))
+    page.get_by_label("uncropping", exact=True).check()
+    number = page.locator("#extend input[type=number]")
+    number.fill("2")
+    number.press("Enter")
+    page.locator("#run").click()
+    page.wait_for_selector("#gallery img", timeout=120_000)
+    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0", timeout=30_000)
+    page.screenshot(path=str(tmp_path / "panorama.png"), full_page=True)
+    ((width, height),) = _natural_sizes(page)  # one image, whatever the number of samples
+    assert (width, height) == (48 + 2 * 2 * 20, 40)  # 48x40, extended twice on each side by half its height
+
+
+def test_tiled_sampling_runs_from_the_page_and_a_panorama_needs_a_side_pair(page, photo_dir, tmp_path):
+    page.locator("#upload input[type=file]").set_input_files(str(photo_dir / "chelsea.png"))
+    page.get_by_label("jpeg", exact=True).check()
+    page.locator("#tile input[type=checkbox]").check()
+    page.locator("#run").click()
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 2", timeout=120_000)
+    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0", timeout=30_000)
+    assert {tuple(s) for s in _natural_sizes(page)} == {(48, 40)}  # the photo's own size
+    page.get_by_label("uncropping", exact=True).check()  # the checkbox reaches the API, which refuses tiled uncropping
+    page.locator("#run").click()
+    page.get_by_text("uncropping continues the image as a whole").first.wait_for(timeout=30_000)
+    page.get_by_label("all", exact=True).check()
+    number = page.locator("#extend input[type=number]")
+    number.fill("1")
+    number.press("Enter")
+    page.locator("#run").click()
+    page.get_by_text("A panorama extends left and right, or top and bottom").first.wait_for(timeout=30_000)

@@ -1,7 +1,9 @@
 """``palette serve``: a Gradio page over the Python API.
 
 Upload a photo, pick the task, draw the inpainting mask with the brush (or pick a generated one), pick the uncropping
-side, set samples, steps, sampler and seed, and get the samples in a gallery with a progress bar. The server binds
+side, set samples, steps, sampler and seed, and get the samples in a gallery with a progress bar. Two options go
+beyond the model's size: tiled sampling at the photo's own resolution, and panoramas (uncropping repeated on both
+sides). The server binds
 127.0.0.1 unless told otherwise, refuses uploads above ``max_upload_mb`` and images above ``max_pixels`` with a
 message, runs one model call at a time (the queue shows each request's position), and a bad upload is an error
 message on the page, never a crash.
@@ -68,7 +70,8 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
             raise gr.Error(f"The image is {w}x{h} ({w * h:,} pixels); the limit is {max_pixels:,} pixels.")
         return photo
 
-    def run(path, editor, task, mask_choice, side, num_samples, steps, sampler, seed, progress=gr.Progress()):
+    def run(path, editor, task, mask_choice, side, num_samples, steps, sampler, seed, tile, extend,
+            progress=gr.Progress()):
         model = state["model"]
         if model is None:
             raise gr.Error(NO_MODEL)
@@ -90,8 +93,14 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
             progress(done / total, desc=f"sampling: step {done} of {total}")
 
         try:
+            if task == "uncropping" and int(extend) > 0:
+                if side == "all":
+                    raise gr.Error("A panorama extends left and right, or top and bottom: pick one of those sides.")
+                direction = "horizontal" if side in ("left", "right") else "vertical"
+                return [model.panorama(photo, int(extend), direction, progress=report, steps=int(steps),
+                                       sampler=sampler, seed=int(seed))]
             samples = model(photo, task, mask=mask, side=side, num_samples=int(num_samples), steps=int(steps),
-                            sampler=sampler, seed=int(seed), progress=report)
+                            sampler=sampler, seed=int(seed), progress=report, tile=bool(tile))
         except PaletteError as err:
             raise gr.Error(str(err))
         return samples
@@ -118,12 +127,16 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
                 steps = gr.Slider(1, 1000, value=20, step=1, label="steps (network evaluations)")
                 sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp-2m", label="sampler")
                 seed = gr.Number(value=0, precision=0, label="seed")
+                tile = gr.Checkbox(False, label="sample at the photo's own size, in tiles of the model's size",
+                                   elem_id="tile")
+                extend = gr.Slider(0, 8, value=0, step=1, elem_id="extend",
+                                   label="uncropping: a panorama extended this many times on both sides (0: off)")
                 run_button = gr.Button("Run", variant="primary", elem_id="run")
         gallery = gr.Gallery(label="samples", elem_id="gallery", columns=4, format="png")
         load_button.click(load, path_box, [status, task])
         upload.upload(read_upload, upload, editor)
-        run_button.click(run, [upload, editor, task, mask_choice, side, num_samples, steps, sampler, seed], gallery,
-                         concurrency_limit=1)
+        run_button.click(run, [upload, editor, task, mask_choice, side, num_samples, steps, sampler, seed, tile,
+                               extend], gallery, concurrency_limit=1)
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     return app
 
