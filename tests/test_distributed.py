@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +148,31 @@ def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp
     assert main(["train", *args, "--steps", end, "--out", str(tmp_path / "whole"), *EXACT]) == 0
     _assert_same_weights(run, tmp_path / "whole", tol=1e-4)
     assert isinstance(load_model(run, "cpu").net, torch.nn.Module)
+
+
+def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(photo_dir, tmp_path):
+    import psutil
+
+    run = tmp_path / "run"
+    proc = _torchrun(2, "train", *TRAIN, "--data", str(photo_dir), "--steps", "100000", "--out", str(run), *EXACT,
+                     "train.checkpoint_every=1000", wait=False)
+    log = run / "train.log"
+    try:
+        deadline = time.time() + 120
+        while not (log.is_file() and "training inpainting" in log.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+        assert len(workers) == 1
+        workers[0].send_signal(signal.SIGTERM)  # rank 1 only: the main process must learn of it and stop too
+        assert proc.wait(timeout=120) == 0
+    except BaseException:
+        _kill_tree(proc)
+        raise
+    stopped = re.search(r"stopped because another process received a stop signal at step (\d+)", log.read_text())
+    assert stopped, log.read_text()[-2000:]
+    latest = ckpt.latest_checkpoint(run)
+    assert latest is not None and ckpt.read_training_state(latest)[1]["step"] == int(stopped.group(1)) >= 1
 
 
 def test_sharded_sampling_gives_the_same_images_as_one_process(trained_run, photo_dir, tmp_path):

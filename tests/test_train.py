@@ -216,3 +216,41 @@ def test_a_time_limit_checkpoints_and_stops_and_the_run_resumes_to_the_same_weig
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
         torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=0)
+
+
+def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path, photo_dir):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from palette.cli import main
+
+    from conftest import MICRO
+
+    run_dir = tmp_path / "run"
+    flags = ["--task", "inpainting", "--data", str(photo_dir), "--out", str(run_dir), "--preset", "tiny",
+             "--image-size", "16", "--no-progress", "--auto-resume",  # a fresh folder: --auto-resume starts the run
+             *[o for o in MICRO if not o.startswith("model.image_size")], "data.num_workers=1",
+             "train.micro_batch_size=1"]  # 4 micro-batches a step: more than one worker prefetches
+    # a session of its own, signalled as a whole like a scheduler's job: the loader worker gets SIGTERM too
+    proc = subprocess.Popen([sys.executable, "-m", "palette", "train", *flags, "--steps", "100000"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = run_dir / "train.log"
+    deadline = time.time() + 120
+    while not (log.is_file() and "training inpainting" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # some steps
+    assert ckpt.latest_checkpoint(run_dir) is None  # checkpoint_every is 1000: nothing written yet
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    stopped = re.search(r"stopped by SIGTERM at step (\d+) of 100000: checkpoint written", log.read_text())
+    assert stopped, log.read_text()[-2000:]
+    step = int(stopped.group(1))
+    assert step >= 1 and ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step
+    assert main(["train", *flags, "--steps", str(step + 2)]) == 0  # --auto-resume finds the checkpoint
+    assert ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step + 2
+    assert f"resumed {run_dir} at step {step}" in log.read_text()

@@ -104,8 +104,11 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    from .checkpoint import latest_checkpoint
     from .train import train
 
+    if args.auto_resume:
+        args.resume = latest_checkpoint(Path(args.out)) is not None
     config = _train_config(args)
     config.validate()
     if _rank() == 0:
@@ -345,7 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="data loading processes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    resume.add_argument("--auto-resume", action="store_true",
+                        help="continue the run in --out if it holds a checkpoint, else start it (for job scripts "
+                             "that are resubmitted or requeued)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config value, e.g. train.lr=2e-4")
     p.set_defaults(func=cmd_train)

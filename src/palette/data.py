@@ -343,9 +343,21 @@ class StepSampler(torch.utils.data.Sampler):
         return self.steps * (self.batch_size // self.world)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGUSR1 to the training process, which stops after a checkpoint (a scheduler
+    signals every process of a job; a step that needs more micro-batches than the workers have prefetched would
+    otherwise fail on the dead workers before it could save)."""
+    import signal
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def training_loader(dataset: TrainingData, sampler: StepSampler, micro_batch: int, num_workers: int):
     """Micro-batches of ``micro_batch`` examples in the sampler's order (a step is B / (W * micro_batch) of them)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=micro_batch, sampler=sampler, num_workers=num_workers,
         persistent_workers=False, drop_last=False, prefetch_factor=4 if num_workers else None,
+        worker_init_fn=_ignore_stop_signals if num_workers else None,
     )

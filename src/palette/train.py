@@ -90,6 +90,38 @@ def check_resumable(saved: Config, wanted: Config, run_dir: Path) -> None:
             )
 
 
+class StopRequest:
+    """SIGTERM (what schedulers send before they end a job) and SIGUSR1 (SLURM's ``--signal``) ask training to stop:
+    it finishes the step, writes a checkpoint and returns. Installed only in the main thread; restored afterwards."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.signal: str | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name, None)
+                if number is not None:
+                    self.previous[number] = signal.signal(number, self._handle)
+        self.installed = bool(self.previous)
+
+    def _handle(self, number, frame) -> None:
+        import signal
+
+        self.signal = signal.Signals(number).name
+
+    def uninstall(self) -> None:
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+
 def batch_layout(batch_size: int, processes: int, micro_batch_size: int = 0) -> tuple[int, int]:
     """(micro-batch, accumulation steps) per process for a global ``batch_size`` over ``processes``.
 
@@ -358,6 +390,7 @@ class Trainer:
         last = None
         tick, ticked = time.perf_counter(), 0
         deadline = _clock() + 60 * cfg.time_limit_minutes if cfg.time_limit_minutes > 0 else None
+        stop = StopRequest()
         try:
             for _ in range(remaining):
                 stats = self.train_step([next(loader) for _ in range(self.accumulation)])
@@ -378,26 +411,31 @@ class Trainer:
                     if self.main:
                         self.write_sheets(writer, ema)
                     self.accelerator.wait_for_everyone()
-                if deadline is not None and self._out_of_time(deadline):
+                if (deadline is not None or stop.installed) and self._should_stop(deadline, stop.signal):
                     if self.step % cfg.checkpoint_every:  # not written just above
                         last = self.save()
                     if self.main:
-                        log.info("time limit of %g minutes reached at step %d of %d: checkpoint written; continue "
-                                 "with --resume", cfg.time_limit_minutes, self.step, cfg.steps)
+                        why = (f"stopped by {stop.signal}" if stop.signal
+                               else f"time limit of {cfg.time_limit_minutes:g} minutes reached"
+                               if deadline is not None and _clock() > deadline
+                               else "stopped because another process received a stop signal")
+                        log.info("%s at step %d of %d: checkpoint written; continue with --resume", why, self.step,
+                                 cfg.steps)
                     break
         finally:
+            stop.uninstall()
             bar.close()
             if writer is not None:
                 writer.close()
         return last
 
-    def _out_of_time(self, deadline: float) -> bool:
-        """Whether the main process has passed ``deadline``; every process gets the same answer."""
-        late = torch.tensor(float(_clock() > deadline), device=self.device)
+    def _should_stop(self, deadline: float | None, signalled: str | None) -> bool:
+        """Whether any process is past ``deadline`` or was sent a stop signal; every process gets the same answer."""
+        stop = torch.tensor(float(bool(signalled) or (deadline is not None and _clock() > deadline)),
+                            device=self.device)
         if self.world > 1:
-            late = self.accelerator.reduce(late, reduction="sum")  # one process past it stops all
-            late = torch.tensor(float(late.item() > 0), device=self.device)
-        return bool(late.item())
+            stop = self.accelerator.reduce(stop, reduction="sum")  # one process stopping stops all
+        return bool(stop.item() > 0)
 
     def write_sheets(self, writer=None, ema: dict[str, torch.Tensor] | None = None) -> list[Path]:
         """Sample sheets of the EMA model on fixed examples, one per task: input | samples | ground truth."""
