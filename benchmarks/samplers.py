@@ -9,6 +9,7 @@ step count, and prints (and writes as Markdown and JSON):
   and against the 1000-step ancestral samples of the same seeds;
 - colorization: the distance between the chroma (YCbCr Cb, Cr) histograms of the samples and of the ground truth,
   and of the 1000-step ancestral samples (L1 between normalised 32x32-bin histograms; 0 is identical colours).
+The degraded inputs' own scores (what a model has to beat) go to OUT/samplers_inputs.json.
 A plot of quality against steps goes to OUT/samplers.png. ``--schedules training`` adds the sampling schedule
 restricted to the trained noise levels.
 """
@@ -95,6 +96,8 @@ def main() -> None:
                         help="step counts measured on the training schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (the timings in the README), cuda, auto")
+    parser.add_argument("--inputs-only", action="store_true",
+                        help="only score the degraded inputs themselves (colorization, JPEG): what a model must beat")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
@@ -112,6 +115,13 @@ def main() -> None:
     print(f"the paper's 1000-step inference schedule has {below} steps ({below / 10:.1f}%) below the smallest "
           f"trained noise level gamma = {train_min:.3g}")
 
+    inputs = [{"task": task, "sampler": "input (no model)", "steps": 0, "schedule": "-", "nfe": 0, "s_per_image": 0.0,
+               **score(task, x, None, y, mask)} for task, (x, mask, y) in cases.items() if mask is None]
+    for row in inputs:
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    (out_dir / "samplers_inputs.json").write_text(json.dumps(inputs, indent=1))
+    if args.inputs_only:
+        return
     for sampler in args.samplers:  # first calls pay for imports and allocations: keep them out of the timings
         model.sample(next(iter(cases.values()))[0][:1].to(device), steps=2, sampler=sampler)
     rows = []
