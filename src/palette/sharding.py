@@ -23,16 +23,19 @@ def _dtensor():
     return DTensor
 
 
-def shard_network(net: nn.Module) -> nn.Module:
-    """Shard ``net`` in place: one FSDP unit per stage of the UNet (down, middle, up), then the rest."""
+def shard_network(net: nn.Module, device_type: str, world: int) -> nn.Module:
+    """Shard ``net`` in place over ``world`` processes on ``device_type`` (its own mesh: a CPU run on a GPU node stays
+    on the CPU): one FSDP unit per stage of the UNet (down, middle, up), then the rest."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     from .unet import Stage
 
+    mesh = init_device_mesh(device_type, (world,))
     for module in net.modules():
         if isinstance(module, Stage):
-            fully_shard(module)
-    fully_shard(net)
+            fully_shard(module, mesh=mesh)
+    fully_shard(net, mesh=mesh)
     return net
 
 
@@ -44,16 +47,28 @@ def full_tensor(value: Any) -> Any:
     return value.full_tensor() if isinstance(value, _dtensor()) else value
 
 
-def full_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded state dict (collective when sharded)."""
-    return {k: full_tensor(v) for k, v in net.state_dict().items()}
+def _gather(value: Any, keep: bool, to_cpu: bool = True) -> Any:
+    """``value`` unsharded (a collective for a DTensor), on the CPU, where ``keep``; None elsewhere.
+
+    One tensor at a time, so a process never holds more than one full tensor on its device."""
+    value = full_tensor(value)
+    if not keep:
+        return None
+    return value.cpu() if to_cpu and torch.is_tensor(value) else value
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer's state dict with every sharded moment gathered (collective when sharded)."""
+def full_state_dict(net: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The unsharded state dict on the CPU (collective when sharded); empty where not ``keep``."""
+    out = {k: _gather(v, keep) for k, v in net.state_dict().items()}
+    return out if keep else {}
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict[str, Any]:
+    """The optimizer's state dict with every sharded moment gathered to the CPU (collective when sharded); empty
+    where not ``keep``."""
     state = optimizer.state_dict()
-    return {"state": {i: {k: full_tensor(v) for k, v in entries.items()} for i, entries in state["state"].items()},
-            "param_groups": state["param_groups"]}
+    gathered = {i: {k: _gather(v, keep) for k, v in entries.items()} for i, entries in state["state"].items()}
+    return {"state": gathered, "param_groups": state["param_groups"]} if keep else {}
 
 
 def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -95,11 +110,11 @@ class ShardedEMA:
     def update(self, decay: float) -> None:
         torch._foreach_lerp_(self.shards, [p.to_local() for p in self.net.parameters()], 1 - decay)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The unsharded EMA weights (collective)."""
+    def full_state_dict(self, keep: bool = True, to_cpu: bool = True) -> dict[str, torch.Tensor]:
+        """The unsharded EMA weights (collective), a tensor at a time; empty where not ``keep``."""
         DTensor = _dtensor()
         out = dict(self.buffers)
         for name, shard, p in zip(self.names, self.shards, self.net.parameters()):
-            out[name] = DTensor.from_local(shard, p.device_mesh, p.placements, run_check=False, shape=p.shape,
-                                           stride=p.stride()).full_tensor()
-        return {k: out[k] for k in self.order}
+            out[name] = _gather(DTensor.from_local(shard, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                                   stride=p.stride()), keep, to_cpu)
+        return {k: out[k] for k in self.order} if keep else {}

@@ -216,17 +216,17 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = PaletteModel(config)  # the same initial weights on every process
         self.model.net.gradient_checkpointing = cfg.gradient_checkpointing
+        # FSDP2 shards contiguous parameters only, and inputs follow the weights' layout
         self.memory_format = torch.channels_last if use_channels_last(cfg.channels_last, self.device) \
-            else torch.contiguous_format
-        # FSDP2 shards contiguous parameters only; the activations keep the chosen layout
-        self.model.to(self.device, memory_format=torch.contiguous_format if self.fsdp else self.memory_format)
+            and not self.fsdp else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model.net).requires_grad_(False)
         self.step = 0
         self.task_losses: dict[str, list[float]] = {}  # per-example losses of each task since the last log
         optimizer_state = self._restore(existing) if resume else None
         self.sharded_ema = None
         if self.fsdp:
-            shard_network(self.model.net)
+            shard_network(self.model.net, self.device.type, self.world)
             self.sharded_ema = ShardedEMA(self.model.net, self.ema.state_dict())
             self.ema = None  # each process keeps its shards of the EMA only
         self.optimizer = torch.optim.Adam(
@@ -274,16 +274,18 @@ class Trainer:
         return optimizer
 
     def ema_state_dict(self) -> dict[str, torch.Tensor]:
-        """The EMA weights, unsharded (under FSDP a collective: every process calls it)."""
-        return self.sharded_ema.full_state_dict() if self.fsdp else self.ema.state_dict()
+        """The EMA weights, unsharded (under FSDP a collective: every process calls it; the main process gets them,
+        on its device, the others an empty dict)."""
+        return self.sharded_ema.full_state_dict(self.main, to_cpu=False) if self.fsdp else self.ema.state_dict()
 
     def save(self) -> Path | None:
         """The main process writes the checkpoint (under FSDP every process first helps gather the full tensors);
         every process waits until it is complete."""
         path = None
-        if self.fsdp:
-            weights, ema = full_state_dict(self.model.net), self.ema_state_dict()
-            optimizer = full_optimizer_state(self.optimizer)
+        if self.fsdp:  # gathered a tensor at a time into the main process's memory; the others keep nothing
+            weights = full_state_dict(self.model.net, self.main)
+            ema = self.sharded_ema.full_state_dict(self.main)
+            optimizer = full_optimizer_state(self.optimizer, self.main)
         else:
             weights, ema, optimizer = self.model.net.state_dict(), self.ema.state_dict(), self.optimizer.state_dict()
         if self.main:
@@ -323,14 +325,16 @@ class Trainer:
         for i, micro in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # gradients are all-reduced (FSDP: reduce-scattered) once per step, on the last micro-batch
-            if self.fsdp:
+            if self.fsdp:  # the model is not wrapped by accelerate: autocast the forward pass here, not the backward
                 self.model.net.set_requires_gradient_sync(last)
-                sync = self.accelerator.autocast()
+                sync, forward = contextlib.nullcontext(), self.accelerator.autocast()
             else:
                 sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_model)
+                forward = contextlib.nullcontext()  # the prepared model autocasts its forward itself
             with sync:
-                losses = self.ddp_model(**self._to_device(micro))  # each example's loss
-                loss = losses.mean() / len(micro_batches)
+                with forward:
+                    losses = self.ddp_model(**self._to_device(micro))  # each example's loss
+                    loss = losses.mean() / len(micro_batches)
                 self.accelerator.backward(loss)
             total += loss.detach().float()
             if self.main and self.config.task.name == "multi":
@@ -410,6 +414,7 @@ class Trainer:
                     ema = self.ema_state_dict()
                     if self.main:
                         self.write_sheets(writer, ema)
+                    del ema
                     self.accelerator.wait_for_everyone()
                 if (deadline is not None or stop.installed) and self._should_stop(deadline, stop.signal):
                     if self.step % cfg.checkpoint_every:  # not written just above
