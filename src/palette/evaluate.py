@@ -242,9 +242,15 @@ def reference_stats(backbones: MT.Backbones, paths: list[Path], size: int, chann
 
 
 def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, size: int, channels: int,
-                    device: str | torch.device = "cpu", progress: bool = True) -> dict:
-    """Every metric of ``options.metrics`` in one pass over the generated images (see the module docstring)."""
+                    device: str | torch.device = "cpu", progress: bool = True, processes=None) -> dict | None:
+    """Every metric of ``options.metrics`` in one pass over the generated images (see the module docstring).
+
+    With launched ``processes`` each one runs the backbones on every N-th batch, the main process gathers the
+    per-batch results in their order and computes the figures (the others return None); the figures are those of one
+    process. The ``seconds_per_1000`` timings are then the main process's share."""
     from tqdm.auto import tqdm
+
+    rank, world = (processes.rank, processes.world) if processes is not None and processes.world > 1 else (0, 1)
 
     items, k_count = eval_set.items, options.num_samples
     missing = pending(items, out_dir, k_count)
@@ -270,9 +276,11 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
         stats_ref, ref_meta = load_stats(Path(stats_file))
     own_reference = fid_like and stats_ref is None and options.reference is None and eval_set.reference is None
 
-    acc = defaultdict(list)
     batch = max(1, options.batch_size)
-    for start in tqdm(range(0, len(items), batch), desc="eval: metrics", unit="batch", disable=not progress):
+    per_batch: dict[int, dict[str, list]] = {}
+    for start in tqdm(range(0, len(items), batch)[rank::world], desc="eval: metrics", unit="batch",
+                      disable=not progress):
+        acc = per_batch[start] = defaultdict(list)
         chunk = items[start : start + batch]
         originals = torch.stack([prepare(i.path, size, channels) for i in chunk])
         samples = torch.stack([torch.stack([load_image(sample_paths(out_dir, i, k), channels)
@@ -301,6 +309,19 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
             acc["psnr"].append(timer.run("psnr", len(flat), MT.psnr, flat, truth))
         if "ssim" in wanted:
             acc["ssim"].append(timer.run("ssim", len(flat), MT.ssim, flat, truth))
+
+    if world > 1:  # every process's batches to the main one
+        import torch.distributed as dist
+
+        shares = [None] * world if rank == 0 else None
+        dist.gather_object({k: dict(v) for k, v in per_batch.items()}, shares, dst=0)
+        if rank != 0:
+            return None
+        per_batch = {start: acc for share in shares for start, acc in share.items()}
+    acc = defaultdict(list)
+    for start in sorted(per_batch):  # the order of a single pass: IS's splits and KID's subsets depend on it
+        for key, values in per_batch[start].items():
+            acc[key] += values
 
     figures: dict[str, float] = {}
     reference = {}
@@ -387,8 +408,8 @@ def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Pa
              processes=None) -> dict | None:
     """Generate (this shard's pending images), then, unless sharded, compute and write the metrics and table.
 
-    With launched ``processes``, all of them generate and the main one computes the metrics (the others return
-    None)."""
+    With launched ``processes``, all of them generate and run the metric backbones on their shares, and the main one
+    computes the figures (the others return None)."""
     out_dir = Path(out_dir)
     if options.limit is not None:
         eval_set = P.EvalSet(eval_set.name, eval_set.items[: options.limit], eval_set.reference)
@@ -399,14 +420,14 @@ def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Pa
     sampled = generate(model, eval_set, options, out_dir, shard, progress, processes)
     generation_seconds = time.perf_counter() - start
     if processes is not None and processes.world > 1:
-        processes.barrier()
-        if not processes.main:
-            return None
+        processes.barrier()  # every sample is written before anyone reads them
     if shard[1] > 1:
         log.info("shard %d/%d: sampled %d images into %s", shard[0], shard[1], sampled, out_dir)
         return None
     size, channels = model.config.model.image_size, model.config.model.channels
-    result = compute_metrics(eval_set, options, out_dir, size, channels, device, progress)
+    result = compute_metrics(eval_set, options, out_dir, size, channels, device, progress, processes)
+    if result is None:  # a process other than the main one: its share is with the main one
+        return None
     d = model.config.diffusion
     steps, _ = check_sampling_args(model, options.steps, options.sampler, options.schedule, options.num_samples)
     sampler = options.sampler or d.sampler
