@@ -39,10 +39,6 @@ def shard_network(net: nn.Module, device_type: str, world: int) -> nn.Module:
     return net
 
 
-def is_sharded(net: nn.Module) -> bool:
-    return any(isinstance(p, _dtensor()) for p in net.parameters())
-
-
 def full_tensor(value: Any) -> Any:
     return value.full_tensor() if isinstance(value, _dtensor()) else value
 

@@ -3,10 +3,9 @@
 Upload a photo, pick the task, draw the inpainting mask with the brush (or pick a generated one), pick the uncropping
 side, set samples, steps, sampler and seed, and get the samples in a gallery with a progress bar. Two options go
 beyond the model's size: tiled sampling at the photo's own resolution, and panoramas (uncropping repeated on both
-sides). The server binds
-127.0.0.1 unless told otherwise, refuses uploads above ``max_upload_mb`` and images above ``max_pixels`` with a
-message, runs one model call at a time (the queue shows each request's position), and a bad upload is an error
-message on the page, never a crash.
+sides). The server binds 127.0.0.1 unless told otherwise, refuses uploads above ``max_upload_mb`` and images above
+``max_pixels`` with a message, runs one model call at a time (the queue shows each request's position), and a bad
+upload is an error message on the page, never a crash.
 """
 
 from __future__ import annotations
