@@ -132,6 +132,9 @@ def test_without_a_checkpoint_the_page_asks_for_one_and_loads_it(bare_server, br
     page.close()
 
 
+ALL_LOADED = "Array.from(document.querySelectorAll('#gallery img')).every(i => i.complete && i.naturalWidth > 0)"
+
+
 def _natural_sizes(page):
     return page.evaluate("Array.from(document.querySelectorAll('#gallery img')).map(i => [i.naturalWidth, "
                          "i.naturalHeight])")
@@ -145,7 +148,7 @@ def test_an_uncropping_panorama_is_one_wide_image(page, photo_dir, tmp_path):
     number.press("Enter")
     page.locator("#run").click()
     page.wait_for_selector("#gallery img", timeout=120_000)
-    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0", timeout=30_000)
+    page.wait_for_function(ALL_LOADED, timeout=30_000)
     page.screenshot(path=str(tmp_path / "panorama.png"), full_page=True)
     ((width, height),) = _natural_sizes(page)  # one image, whatever the number of samples
     assert (width, height) == (48 + 2 * 2 * 20, 40)  # 48x40, extended twice on each side by half its height
@@ -157,7 +160,7 @@ def test_tiled_sampling_runs_from_the_page_and_a_panorama_needs_a_side_pair(page
     page.locator("#tile input[type=checkbox]").check()
     page.locator("#run").click()
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 2", timeout=120_000)
-    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0", timeout=30_000)
+    page.wait_for_function(ALL_LOADED, timeout=30_000)
     assert {tuple(s) for s in _natural_sizes(page)} == {(48, 40)}  # the photo's own size
     page.get_by_label("uncropping", exact=True).check()  # the checkbox reaches the API, which refuses tiled uncropping
     page.locator("#run").click()
