@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 5 and 3, in one run of under 10 minutes on one 80 GB card (H100/A100):
 #   1. bf16 training and sampling of the `base` preset at 256x256 against the card's measured bf16 matmul rate
-#      (target: training at >= 40% of it): NCHW (the GPU default) and channels_last, fp32 (TF32) for comparison;
+#      (target: training at >= 40% of it): NCHW (the GPU default), NCHW with --low-precision-norm (GroupNorm in bf16,
+#      not measured yet), channels_last, fp32 (TF32) for comparison;
 #   2. the `paper` preset (552.8M parameters) training on one card with gradient checkpointing, with its peak memory;
 #   3. the whole `palette train` path on the GPU (data loading, accelerate, bf16, micro-batches, checkpoints) and
 #      `palette sample`;
@@ -39,9 +40,11 @@ stage environment
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 
-stage "1. bench: $base bf16 (NCHW, channels_last) and fp32"
+stage "1. bench: $base bf16 (NCHW, NCHW with bf16 GroupNorm, channels_last) and fp32"
 timeout $bench_timeout palette bench --preset $base --device $device --mixed-precision bf16 --batch-size $batch \
     --seconds $secs --json "$out/base_bf16.json"
+timeout $bench_timeout palette bench --preset $base --device $device --mixed-precision bf16 --batch-size $batch \
+    --low-precision-norm --seconds $secs --json "$out/base_bf16_low_precision_norm.json"
 timeout $bench_timeout palette bench --preset $base --device $device --mixed-precision bf16 --batch-size $batch \
     --channels-last --seconds $((secs / 2 + 1)) --json "$out/base_bf16_channels_last.json"
 timeout $bench_timeout palette bench --preset $base --device $device --batch-size $batch --seconds $((secs / 2 + 1)) \

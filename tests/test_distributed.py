@@ -237,6 +237,13 @@ def test_bench_reports_throughput_and_fraction_of_peak(capsys, tmp_path):
     assert result["train_fraction_of_peak"] == pytest.approx(
         3 * result["gflop_forward_per_image"] * result["train_images_per_s"] / result["peak_gflops"], rel=1e-3)
     assert result["layout"] == "channels_last" and result["compiled"] is False  # auto on a CPU; no --compile
+    assert result["low_precision_norm"] is False
+
+
+def test_bench_low_precision_norm_under_bf16(capsys):
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--seconds", "0.05", "--mixed-precision", "bf16",
+                 "--low-precision-norm", *MICRO]) == 0
+    assert "bf16 GroupNorm" in capsys.readouterr().out
 
 
 def test_channels_last_auto_means_cpu_only_and_true_false_force_it():

@@ -72,3 +72,44 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         net(x, x, torch.rand(2, generator=torch.Generator().manual_seed(1))).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_low_precision_norm_runs_groupnorm_in_the_autocast_dtype_and_stays_close():
+    from palette.unet import GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 16, 8, 8) * 3 + 1
+    reference = norm(x)
+    norm.low_precision = True
+    assert torch.equal(norm(x), reference)  # outside autocast the flag changes nothing
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = norm(x)
+        norm.low_precision = False
+        default = norm(x)
+    # a float32 activation stays float32 under autocast's rule (CUDA autocast also casts bf16 ones up; CPU's does not)
+    assert low.dtype == torch.bfloat16 and default.dtype == torch.float32
+    torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.02)
+
+
+def test_low_precision_norm_network_matches_the_float32_norm_network_under_autocast():
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(**SMALL, attention_resolutions=(8,)))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, gamma = torch.randn(2, 3, 32, 32), torch.rand(2, generator=torch.Generator().manual_seed(1))
+    outputs, grads = [], []
+    for flag in (False, True):
+        net.zero_grad()
+        net.low_precision_norm = flag
+        assert net.low_precision_norm is flag
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x, x, gamma)
+        out.float().square().mean().backward()
+        outputs.append(out.float())
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert not torch.equal(outputs[0], outputs[1])  # the flag did change the computation
+    assert (outputs[0] - outputs[1]).abs().max() < 0.05 * outputs[0].abs().max()
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99

@@ -40,6 +40,7 @@ class BenchResult:
     precision: str
     layout: str  # channels_last or NCHW activations
     compiled: bool  # torch.compile asked for and seen compiling (dynamo compiled at least one frame)
+    low_precision_norm: bool  # GroupNorm in the autocast dtype rather than float32
     parameters_m: float
     gflop_forward_per_image: float
     peak_gflops: float
@@ -107,7 +108,7 @@ def _peak_memory_gb(device: torch.device) -> float:
 
 def run_bench(config: Config, device: str = "auto", precision: str = "no", seconds: float = 10.0,
               gradient_checkpointing: bool = False, compile: bool = False,
-              channels_last: bool | None = None) -> BenchResult:
+              channels_last: bool | None = None, low_precision_norm: bool = False) -> BenchResult:
     dev = resolve_device(device)
     if precision not in ("no", "bf16", "fp16"):
         raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {precision!r}")
@@ -124,6 +125,7 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
     torch.manual_seed(0)
     model = PaletteModel(config).to(dev, memory_format=fmt)
     model.net.gradient_checkpointing = gradient_checkpointing
+    model.net.low_precision_norm = low_precision_norm
     ema = copy.deepcopy(model.net).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(b, c, s, s, device=dev).contiguous(memory_format=fmt)
@@ -175,6 +177,7 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
         preset=config.preset, device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         threads=torch.get_num_threads(), batch=b, precision=precision,
         layout="channels_last" if channels_last else "NCHW", compiled=compiled,
+        low_precision_norm=low_precision_norm and dtype is not None,
         parameters_m=sum(p.numel() for p in model.parameters()) / 1e6, gflop_forward_per_image=flops / 1e9,
         peak_gflops=peak, train_images_per_s=train_rate, train_gflops=train_gflops,
         train_fraction_of_peak=train_gflops / peak, sample_images_per_s=sample_rate, sample_gflops=sample_gflops,
@@ -186,7 +189,8 @@ def report(r: BenchResult) -> str:
     peak_kind = "bf16" if r.precision == "bf16" and not r.device.startswith("cpu") else "fp32"
     lines = [
         f"{r.preset}: {r.parameters_m:.1f}M parameters, batch {r.batch}, {r.precision} precision, {r.layout}"
-        + (", compiled" if r.compiled else "") + f", on {r.device}"
+        + (", compiled" if r.compiled else "") + (f", {r.precision} GroupNorm" if r.low_precision_norm else "")
+        + f", on {r.device}"
         + (f" ({r.threads} threads)" if r.device.startswith("cpu") else ""),
         f"  forward          {r.gflop_forward_per_image:8.2f} GFLOP per image",
         f"  matmul peak      {r.peak_gflops:8.1f} GFLOP/s ({peak_kind}, measured)",

@@ -77,6 +77,7 @@ def _train_config(args):
         "data.num_workers": args.workers, "train.micro_batch_size": args.micro_batch_size,
         "train.mixed_precision": args.mixed_precision,
         "train.gradient_checkpointing": True if args.gradient_checkpointing else None,
+        "train.low_precision_norm": True if args.low_precision_norm else None,
         "train.compile": True if args.compile else None, "train.time_limit_minutes": args.time_limit,
         "train.sharding": args.sharding,
     }
@@ -278,7 +279,8 @@ def cmd_bench(args) -> int:
         config = bench_config(name, list(args.overrides) + ([f"train.batch_size={args.batch_size}"]
                                                             if args.batch_size else []))
         result = run_bench(config, args.device, args.mixed_precision, args.seconds, args.gradient_checkpointing,
-                           args.compile, True if args.channels_last else False if args.contiguous else None)
+                           args.compile, True if args.channels_last else False if args.contiguous else None,
+                           args.low_precision_norm)
         print(report(result), flush=True)
         results.append(as_dict(result))
     if args.json:
@@ -336,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most examples a process runs at once; more are accumulated (default: no accumulation)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), help="autocast precision (default no)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
+    p.add_argument("--low-precision-norm", action="store_true",
+                   help="under --mixed-precision, run GroupNorm in bf16/fp16 instead of autocast's float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow to start)")
     p.add_argument("--sharding", choices=("ddp", "fsdp"),
                    help="ddp (default): every process holds the model; fsdp: parameters, gradients, optimizer and EMA "
@@ -432,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--low-precision-norm", action="store_true",
+                   help="under --mixed-precision, GroupNorm in bf16/fp16 instead of autocast's float32")
     p.add_argument("--compile", action="store_true")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--contiguous", action="store_true", help="NCHW activations (default on GPUs)")

@@ -216,6 +216,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = PaletteModel(config)  # the same initial weights on every process
         self.model.net.gradient_checkpointing = cfg.gradient_checkpointing
+        self.model.net.low_precision_norm = cfg.low_precision_norm
         # FSDP2 shards contiguous parameters only, and inputs follow the weights' layout
         self.memory_format = torch.channels_last if use_channels_last(cfg.channels_last, self.device) \
             and not self.fsdp else torch.contiguous_format

@@ -62,9 +62,32 @@ def noise_level_embedding(gamma: torch.Tensor, dim: int, scale: float, max_perio
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that can normalise in autocast's low-precision dtype.
+
+    autocast runs ``group_norm`` in float32: every bf16 activation is cast up before the norm and its float32 result
+    cast down again by the next convolution, two extra passes over memory per norm (about a sixth of an H100's
+    bf16 training step, see benchmarks/results/gpu/README.md). With ``low_precision`` set, under autocast the norm
+    reads and writes the autocast dtype instead; PyTorch's kernels accumulate the statistics in float32 either way,
+    so only the output is rounded. Off by default (autocast's choice); outside autocast it changes nothing.
+    """
+
+    low_precision: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if not (self.low_precision and torch.is_autocast_enabled(device)):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            weight = None if self.weight is None else self.weight.to(dtype)
+            bias = None if self.bias is None else self.bias.to(dtype)
+            return F.group_norm(x.to(dtype), self.num_groups, weight, bias, self.eps)
+
+
+def _norm(channels: int, groups: int) -> GroupNorm:
     """GroupNorm with ``groups`` groups (32 in ADM), or the largest divisor of the channels below it."""
-    return nn.GroupNorm(math.gcd(groups, channels), channels)
+    return GroupNorm(math.gcd(groups, channels), channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -189,6 +212,17 @@ class UNet(nn.Module):
                     resolution *= 2
                 self.up.append(stage)
         self.out = nn.Sequential(_norm(ch, c.groups), nn.SiLU(), _zero(nn.Conv2d(ch, c.out_channels, 3, padding=1)))
+
+    @property
+    def low_precision_norm(self) -> bool:
+        """Whether the GroupNorms run in autocast's dtype under autocast (see :class:`GroupNorm`)."""
+        return all(m.low_precision for m in self.modules() if isinstance(m, GroupNorm))
+
+    @low_precision_norm.setter
+    def low_precision_norm(self, value: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, GroupNorm):
+                m.low_precision = bool(value)
 
     def _run(self, stage: Stage, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
