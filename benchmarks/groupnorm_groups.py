@@ -75,7 +75,8 @@ def train(name: str, steps: int, overrides: list[str]) -> None:
             for g in (0.5, 0.1, 0.01, 1e-3):
                 eps = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
                 gamma = torch.full((16,), g)
-                y0 = predict_y0(q_sample(y, gamma, eps), gamma, model.net(x, q_sample(y, gamma, eps), gamma))
+                y_t = q_sample(y, gamma, eps)
+                y0 = predict_y0(y_t, gamma, model.net(x, y_t, gamma))
                 y0_error[g] = round(colour_error(y0.clamp(-1, 1), y), 4)
             sample = model.sample(x, steps=50, sampler="ddim")
         results[split] = dict(input_psnr=round(psnr(x, y), 2), sample_psnr=round(psnr(sample, y), 2),

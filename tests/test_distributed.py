@@ -224,6 +224,8 @@ def test_bf16_mixed_precision_trains_on_cpu_and_fp16_asks_for_a_gpu(photo_dir, t
     if not torch.cuda.is_available():
         assert main(["train", *args, "--mixed-precision", "fp16", "--out", str(tmp_path / "fp16"), *EXACT]) == 2
         assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["train", *args, "--low-precision-norm", "--out", str(tmp_path / "norm"), *EXACT]) == 2
+    assert "--low-precision-norm (train.low_precision_norm) needs --mixed-precision" in capsys.readouterr().err
 
 
 def test_bench_reports_throughput_and_fraction_of_peak(capsys, tmp_path):
@@ -244,6 +246,9 @@ def test_bench_low_precision_norm_under_bf16(capsys):
     assert main(["bench", "--preset", "tiny", "--device", "cpu", "--seconds", "0.05", "--mixed-precision", "bf16",
                  "--low-precision-norm", *MICRO]) == 0
     assert "bf16 GroupNorm" in capsys.readouterr().out
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--seconds", "0.05", "--low-precision-norm",
+                 *MICRO]) == 2
+    assert "--low-precision-norm needs --mixed-precision" in capsys.readouterr().err
 
 
 def test_channels_last_auto_means_cpu_only_and_true_false_force_it():

@@ -112,6 +112,8 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
     dev = resolve_device(device)
     if precision not in ("no", "bf16", "fp16"):
         raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {precision!r}")
+    if low_precision_norm and precision == "no":
+        raise PaletteError("--low-precision-norm needs --mixed-precision bf16 or fp16")
     if precision == "fp16" and dev.type != "cuda":
         raise PaletteError("--mixed-precision fp16 needs a CUDA GPU")
     if dev.type == "cuda":
@@ -177,7 +179,7 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
         preset=config.preset, device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         threads=torch.get_num_threads(), batch=b, precision=precision,
         layout="channels_last" if channels_last else "NCHW", compiled=compiled,
-        low_precision_norm=low_precision_norm and dtype is not None,
+        low_precision_norm=low_precision_norm,
         parameters_m=sum(p.numel() for p in model.parameters()) / 1e6, gflop_forward_per_image=flops / 1e9,
         peak_gflops=peak, train_images_per_s=train_rate, train_gflops=train_gflops,
         train_fraction_of_peak=train_gflops / peak, sample_images_per_s=sample_rate, sample_gflops=sample_gflops,

@@ -156,6 +156,8 @@ def make_accelerator(config: Config):
     cpu = device is not None and device.type == "cpu"
     if config.train.mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
         raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
+    if config.train.low_precision_norm and config.train.mixed_precision == "no":
+        raise PaletteError("--low-precision-norm (train.low_precision_norm) needs --mixed-precision bf16 or fp16")
     return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
 
