@@ -240,6 +240,27 @@ def test_bench_reports_throughput_and_fraction_of_peak(capsys, tmp_path):
         3 * result["gflop_forward_per_image"] * result["train_images_per_s"] / result["peak_gflops"], rel=1e-3)
     assert result["layout"] == "channels_last" and result["compiled"] is False  # auto on a CPU; no --compile
     assert result["low_precision_norm"] is False
+    assert result["cudnn_benchmark"] is None  # a CUDA switch
+
+
+def test_configure_cuda_sets_cudnn_search_and_tf32_and_the_config_can_turn_them_off():
+    from palette.config import apply_overrides, preset
+    from palette.train import configure_cuda
+
+    def flags():
+        return torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+    before = flags()
+    try:
+        config = apply_overrides(preset("tiny"), ["train.cudnn_benchmark=false", "train.tf32=false"])
+        configure_cuda(config.train.cudnn_benchmark, config.train.tf32)
+        assert flags() == (False, False, False)
+        default = preset("tiny").train
+        configure_cuda(default.cudnn_benchmark, default.tf32)
+        assert flags() == (True, True, True)
+    finally:
+        configure_cuda(*before[:2])
+        torch.backends.cuda.matmul.allow_tf32 = before[2]
 
 
 def test_bench_low_precision_norm_under_bf16(capsys):

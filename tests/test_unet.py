@@ -113,3 +113,22 @@ def test_low_precision_norm_network_matches_the_float32_norm_network_under_autoc
     assert not torch.equal(outputs[0], outputs[1])  # the flag did change the computation
     assert (outputs[0] - outputs[1]).abs().max() < 0.05 * outputs[0].abs().max()
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_network_traces_as_one_graph_for_torch_compile(checkpointing):
+    """--compile fuses the norms and activations only if dynamo captures the whole network: no graph breaks, with
+    gradient checkpointing and the bf16 GroupNorm under autocast (tracing only; nothing is compiled)."""
+    import torch._dynamo
+
+    net = UNet(UNetConfig(**SMALL, attention_resolutions=(8,))).train()
+    net.gradient_checkpointing = checkpointing
+    net.low_precision_norm = True
+
+    def step(x, gamma):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(x, x, gamma)
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(step)(torch.randn(2, 3, 32, 32), torch.rand(2))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

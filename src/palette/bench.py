@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import Config, apply_overrides, preset, use_channels_last
 from .errors import PaletteError
 from .model import PaletteModel
-from .train import resolve_device
+from .train import configure_cuda, resolve_device
 
 # Janspiry/Palette-Image-to-Image-Diffusion-Models' shipped network: 64 channels x (1, 2, 4, 8), 2 residual blocks,
 # attention at 16x16 with 32 channels per head, 64x64 images, batch 8
@@ -41,6 +41,7 @@ class BenchResult:
     layout: str  # channels_last or NCHW activations
     compiled: bool  # torch.compile asked for and seen compiling (dynamo compiled at least one frame)
     low_precision_norm: bool  # GroupNorm in the autocast dtype rather than float32
+    cudnn_benchmark: bool | None  # cuDNN's algorithm search (train.cudnn_benchmark); None off CUDA
     parameters_m: float
     gflop_forward_per_image: float
     peak_gflops: float
@@ -116,9 +117,8 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
         raise PaletteError("--low-precision-norm needs --mixed-precision bf16 or fp16")
     if precision == "fp16" and dev.type != "cuda":
         raise PaletteError("--mixed-precision fp16 needs a CUDA GPU")
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if dev.type == "cuda":  # as palette train sets them
+        configure_cuda(config.train.cudnn_benchmark, config.train.tf32)
         torch.cuda.reset_peak_memory_stats(dev)
     b, s, c = config.train.batch_size, config.model.image_size, config.model.channels
     if channels_last is None:  # train.channels_last=auto
@@ -179,7 +179,7 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
         preset=config.preset, device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         threads=torch.get_num_threads(), batch=b, precision=precision,
         layout="channels_last" if channels_last else "NCHW", compiled=compiled,
-        low_precision_norm=low_precision_norm,
+        low_precision_norm=low_precision_norm, cudnn_benchmark=config.train.cudnn_benchmark if dev.type == "cuda" else None,
         parameters_m=sum(p.numel() for p in model.parameters()) / 1e6, gflop_forward_per_image=flops / 1e9,
         peak_gflops=peak, train_images_per_s=train_rate, train_gflops=train_gflops,
         train_fraction_of_peak=train_gflops / peak, sample_images_per_s=sample_rate, sample_gflops=sample_gflops,
@@ -192,6 +192,7 @@ def report(r: BenchResult) -> str:
     lines = [
         f"{r.preset}: {r.parameters_m:.1f}M parameters, batch {r.batch}, {r.precision} precision, {r.layout}"
         + (", compiled" if r.compiled else "") + (f", {r.precision} GroupNorm" if r.low_precision_norm else "")
+        + (", cuDNN search off" if r.cudnn_benchmark is False else "")
         + f", on {r.device}"
         + (f" ({r.threads} threads)" if r.device.startswith("cpu") else ""),
         f"  forward          {r.gflop_forward_per_image:8.2f} GFLOP per image",

@@ -83,6 +83,10 @@ class TrainConfig:
     low_precision_norm: bool = False
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
     compile: bool = False  # torch.compile the network (minutes of compilation before the first step)
+    # on CUDA: let cuDNN time its convolution algorithms for the run's shapes in the first steps and keep the fastest
+    # (torch.backends.cudnn.benchmark); false for runs whose GPU results must repeat bit for bit
+    cudnn_benchmark: bool = True
+    tf32: bool = True  # on CUDA: float32 matmuls and convolutions on TF32 tensor cores (false: full float32)
     sharding: str = "ddp"  # ddp (each process holds the whole model) or fsdp (parameters, gradients, Adam and EMA
     # sharded over the processes: for networks that do not fit one device several times over)
     time_limit_minutes: float = 0.0  # > 0: checkpoint and stop after this long (a job's allocation); resume later

@@ -27,17 +27,23 @@ from .model import PaletteModel
 from .samplers import SAMPLERS, SCHEDULES
 from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
 from .tiling import tile_starts
-from .train import resolve_device
+from .train import configure_cuda, resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def load_model(path: str | Path, device: str | torch.device = "auto", use_ema: bool = True) -> PaletteModel:
-    """A model from a run folder, a checkpoint folder or a weights file (EMA weights by default)."""
+    """A model from a run folder, a checkpoint folder or a weights file (EMA weights by default).
+
+    On a CUDA device this also turns on cuDNN's algorithm search and TF32 as training does (:func:`configure_cuda`),
+    unless the run's config turned them off.
+    """
     device = resolve_device(device) if isinstance(device, str) else device
     weights = ckpt.resolve_weights(path, use_ema)
     tensors, metadata = ckpt.read_weights(weights)
     config = ckpt.config_of(metadata, weights)
+    if device.type == "cuda":
+        configure_cuda(config.train.cudnn_benchmark, config.train.tf32)
     model = PaletteModel(config)
     try:
         model.net.load_state_dict(tensors)

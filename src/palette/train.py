@@ -53,6 +53,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def configure_cuda(cudnn_benchmark: bool = True, tf32: bool = True) -> None:
+    """PyTorch's process-wide CUDA switches for a run with fixed shapes: cuDNN's algorithm search
+    (``torch.backends.cudnn.benchmark``) and TF32 for float32 matmuls and convolutions. Called only for CUDA devices."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step, 7]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -184,6 +192,8 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         cfg = config.train
+        if self.device.type == "cuda":
+            configure_cuda(cfg.cudnn_benchmark, cfg.tf32)
         self.micro_batch, self.accumulation = batch_layout(cfg.batch_size, self.world, cfg.micro_batch_size)
         # FSDP shards over the processes: with one process it is plain training
         self.fsdp = cfg.sharding == "fsdp" and self.world > 1
