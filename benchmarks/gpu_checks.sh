@@ -3,7 +3,8 @@
 #   1. bf16 training and sampling of the `base` preset at 256x256 against the card's measured bf16 matmul rate
 #      (target: training at >= 40% of it), NCHW activations (the GPU default): as palette trains by default (cuDNN's
 #      algorithm search on), with --low-precision-norm (GroupNorm in bf16), and with the cuDNN search off;
-#   2. `base` compiled (torch.compile) with --low-precision-norm: the fused norms and activations;
+#   2. `base` compiled (torch.compile) with --low-precision-norm, NCHW and channels_last: the fused norms and
+#      activations;
 #   3. the `paper` preset (552.8M parameters) training on one card with gradient checkpointing, with its peak memory;
 #   4. the whole `palette train` path on the GPU (data loading, accelerate, bf16, micro-batches, checkpoints) and
 #      `palette sample`;
@@ -32,7 +33,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     train_preset=tiny; demo_batch=8; bench_timeout=120; workers=2; samplers_timeout=300; compile_timeout=300
 else
     device=cuda; base=base; paper=paper; secs=12; batch=16; demo_minutes=3.5; images=32; steps="1000 100 20 10"
-    train_preset=base; demo_batch=128; bench_timeout=75; workers=12; samplers_timeout=110; compile_timeout=240
+    train_preset=base; demo_batch=128; bench_timeout=75; workers=12; samplers_timeout=110; compile_timeout=200
 fi
 
 stage() { echo; echo "=== $1 ($(date +%T))"; }
@@ -48,9 +49,13 @@ timeout $bench_timeout palette bench --preset $base --device $device --mixed-pre
 timeout $bench_timeout palette bench --preset $base --device $device --mixed-precision bf16 --batch-size $batch \
     --seconds $((secs / 2 + 1)) --json "$out/base_bf16_no_cudnn_search.json" train.cudnn_benchmark=false
 
-stage "2. bench: $base bf16 compiled, with bf16 GroupNorm"
+stage "2. bench: $base bf16 compiled, with bf16 GroupNorm, NCHW and channels_last"
 timeout $compile_timeout palette bench --preset $base --device $device --mixed-precision bf16 --batch-size $batch \
     --low-precision-norm --compile --seconds $((secs / 2 + 1)) --json "$out/base_bf16_low_precision_norm_compiled.json"
+# compiled, GroupNorm is inductor's own kernel, which need not make channels_last tensors contiguous as CUDA's does
+timeout $compile_timeout palette bench --preset $base --device $device --mixed-precision bf16 --batch-size $batch \
+    --low-precision-norm --compile --channels-last --seconds $((secs / 2 + 1)) \
+    --json "$out/base_bf16_low_precision_norm_compiled_channels_last.json"
 
 stage "3. bench: $paper bf16 with gradient checkpointing"
 timeout $bench_timeout palette bench --preset $paper --device $device --mixed-precision bf16 --gradient-checkpointing \

@@ -176,6 +176,19 @@ def test_demo_writes_one_sheet_per_task(capsys, tmp_path):
     assert len(list((tmp_path / "photos" / "held_out").glob("*.png"))) == 2
 
 
+def test_demo_trains_the_tasks_it_is_given_and_names_a_bad_one(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--out", tmp_path, "--tasks", "sr-x4,denoising", "--steps", 1,
+                         "--sample-steps", 2, "--num-samples", 1, "--no-progress", "model.base_channels=16",
+                         "train.batch_size=4", "data.num_workers=0")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.glob("sheet_*.png")) == ["sheet_denoising.png", "sheet_sr-x4.png"]
+    from palette.config import Config
+
+    assert Config.load(tmp_path / "run" / "config.yaml").task.tasks == ("sr-x4", "denoising")
+    code, _, err = run(capsys, "demo", "--out", tmp_path / "bad", "--tasks", "sr-x3", "--no-progress")
+    assert code == 2 and "--tasks sr-x3" in err and "sr-x4" in err
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_colorization_takes_gray_or_colour_files_and_uses_the_luma(capsys, tmp_path, trained_run, photo_dir, mode):
     source = tmp_path / f"in_{mode}.png"

@@ -179,7 +179,8 @@ def cmd_demo(args) -> int:
 
     overrides = list(args.overrides) + ([f"diffusion.sampler={args.sampler}"] if args.sampler else [])
     sheets = run_demo(Path(args.out), steps=args.steps, sample_steps=args.sample_steps, num_samples=args.num_samples,
-                      device=args.device, overrides=overrides, progress=not args.no_progress)
+                      device=args.device, overrides=overrides, progress=not args.no_progress,
+                      tasks=[t.strip() for t in args.tasks.split(",") if t.strip()])
     for sheet in sheets:
         print(sheet)
     return 0
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .masks import MASK_NAMES
     from .protocols import PROTOCOLS
     from .samplers import SAMPLERS, SCHEDULES
-    from .tasks import PAIRED, TASK_NAMES
+    from .tasks import PAIRED, PAPER_TASKS, TASK_NAMES
 
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
     parser.add_argument("--verbose", action="store_true", help="more detailed logs")
@@ -474,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-steps", type=int, default=200, help="network evaluations per sample")
     p.add_argument("--sampler", choices=SAMPLERS, help="default: the paper's ancestral sampler")
     p.add_argument("--num-samples", type=int, default=3)
+    p.add_argument("--tasks", default=",".join(PAPER_TASKS),
+                   help="comma-separated tasks of the demo model, one sheet each (default: the paper's four)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from PIL import Image
 from .config import apply_overrides, preset
 from .data import load_image, random_square_crop
 from .sheets import task_sheet
-from .tasks import PAPER_TASKS
+from .errors import PaletteError
+from .tasks import PAPER_TASKS, TASK_NAMES
 from .train import Trainer
 
 log = logging.getLogger(__name__)
@@ -58,13 +60,19 @@ def write_photos(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def run_demo(out: Path, steps: int = 1000, sample_steps: int = 200, num_samples: int = 3, rows: int = 4,
-             device: str = "auto", overrides: list[str] | None = None, progress: bool = True) -> list[Path]:
-    """Train the demo model into ``out/run`` (resuming if it is there) and write ``out/sheet_<task>.png``."""
+             device: str = "auto", overrides: list[str] | None = None, progress: bool = True,
+             tasks: Sequence[str] = PAPER_TASKS) -> list[Path]:
+    """Train the demo model for ``tasks`` (one multi-task model; the paper's four by default) into ``out/run``
+    (resuming if it is there) and write ``out/sheet_<task>.png`` for each task."""
     out = Path(out)
+    tasks = tuple(tasks)
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if not tasks or unknown or len(set(tasks)) != len(tasks):
+        raise PaletteError(f"--tasks {','.join(tasks)}: name each task once, from {', '.join(TASK_NAMES)}")
     started = time.perf_counter()
     train_files, held_files = write_photos(out / "photos")
     config = apply_overrides(preset("tiny"), [
-        f"data.path={out / 'photos' / 'train'}", "task.name=multi", f"task.tasks={','.join(PAPER_TASKS)}",
+        f"data.path={out / 'photos' / 'train'}", "task.name=multi", f"task.tasks={','.join(tasks)}",
         f"train.steps={steps}", "data.crop_scale_min=0.25", f"train.device={device}",
         f"train.checkpoint_every={max(1, steps // 4)}", "train.sample_every=0", f"diffusion.sample_steps={sample_steps}",
         *(overrides or []),
@@ -88,7 +96,7 @@ def run_demo(out: Path, steps: int = 1000, sample_steps: int = 200, num_samples:
         for i in range(rows)
     ])
     written = []
-    for task in PAPER_TASKS:
+    for task in tasks:
         sheet = task_sheet(model, task, targets, num_samples, seed=0, steps=sample_steps, device=trainer.device,
                            progress=progress)
         path = out / f"sheet_{task}.png"
