@@ -281,3 +281,17 @@ def test_channels_last_auto_means_cpu_only_and_true_false_force_it():
     assert not use_channels_last(False, cpu) and not use_channels_last("false", cpu)
     with pytest.raises(SystemExit):  # one or the other
         main(["bench", "--preset", "tiny", "--device", "cpu", "--seconds", "0.05", "--contiguous", "--channels-last"])
+
+
+def test_a_command_leaves_its_process_group_so_a_launched_process_exits_cleanly(tmp_path, capsys):
+    """Without destroy_process_group, a torchrun process can abort at exit in gloo's teardown (SIGABRT, "terminate
+    called without an active exception"; pytorch/pytorch#190489) after its work is done, failing the job."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["presets"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
