@@ -42,29 +42,31 @@ def main() -> None:
     files = list_images(args.data)
     targets = torch.stack([random_square_crop(load_image(files[i % len(files)]), size, rng, scale_min=0.4) * 2 - 1
                            for i in range(args.crops)])
-    lines = [f"checkpoint `{args.checkpoint}`, {len(targets)} random {size}x{size} crops of {len(files)} held-out "
-             "images; mean over crops (samples: one per crop)", "",
-             "| task | images | PSNR (dB) | SSIM | s/image |", "|---|---|---|---|---|"]
+    lines = [
+        (f"checkpoint `{args.checkpoint}`, {len(targets)} random {size}x{size} crops of {len(files)} held-out images; "
+         "mean over crops (samples: one per crop)"), "",
+        "| task | images | PSNR (dB) | SSIM | s/image |", "|---|---|---|---|---|",
+    ]
+
+    def row(task: str, label: str, images: torch.Tensor, truth: torch.Tensor, seconds: float | None) -> str:
+        images = images.clamp(-1, 1).add(1).div(2)
+        cells = (f"{psnr(images, truth).mean():.2f}", f"{ssim(images, truth).mean():.3f}",
+                 "-" if seconds is None else f"{seconds:.2f}")
+        return f"| {task} | {label} | " + " | ".join(cells) + " |"
+
+    device = next(model.parameters()).device
     for name in tasks:
         task = make_task(name)
         examples = [task(y, np.random.default_rng([0, i])) for i, y in enumerate(targets)]
         x, y = torch.stack([e.x for e in examples]), torch.stack([e.y for e in examples])
         truth = (y + 1) / 2
-
-        def row(label: str, images: torch.Tensor, seconds: float | None) -> str:
-            images = images.clamp(-1, 1).add(1).div(2)
-            cells = (f"{psnr(images, truth).mean():.2f}", f"{ssim(images, truth).mean():.3f}",
-                     "-" if seconds is None else f"{seconds:.2f}")
-            return f"| {name} | {label} | " + " | ".join(cells) + " |"
-
-        lines.append(row("degraded input", x, None))
+        lines.append(row(name, "degraded input", x, truth, None))
         for spec in args.samplers:
             sampler, steps = spec.split(":")
             started = time.perf_counter()
             with torch.no_grad():
-                out = model.sample(x.to(next(model.parameters()).device),
-                                   steps=int(steps), seeds=list(range(len(x))), sampler=sampler).cpu()
-            lines.append(row(f"{sampler}, {steps} steps", out, (time.perf_counter() - started) / len(x)))
+                out = model.sample(x.to(device), steps=int(steps), seeds=list(range(len(x))), sampler=sampler).cpu()
+            lines.append(row(name, f"{sampler}, {steps} steps", out, truth, (time.perf_counter() - started) / len(x)))
         print("\n".join(lines[-1 - len(args.samplers):]), flush=True)
     text = "\n".join(lines) + "\n"
     print(text)

@@ -177,7 +177,7 @@ def test_demo_writes_one_sheet_per_task(capsys, tmp_path):
 
 
 def test_demo_trains_the_tasks_it_is_given_and_names_a_bad_one(capsys, tmp_path):
-    code, out, err = run(capsys, "demo", "--out", tmp_path, "--tasks", "sr-x4,denoising", "--steps", 1,
+    code, _, err = run(capsys, "demo", "--out", tmp_path, "--tasks", "sr-x4,denoising", "--steps", 1,
                          "--sample-steps", 2, "--num-samples", 1, "--no-progress", "model.base_channels=16",
                          "train.batch_size=4", "data.num_workers=0")
     assert code == 0, err

@@ -18,8 +18,8 @@ from PIL import Image
 
 from .config import apply_overrides, preset
 from .data import load_image, random_square_crop
-from .sheets import task_sheet
 from .errors import PaletteError
+from .sheets import task_sheet
 from .tasks import PAPER_TASKS, TASK_NAMES
 from .train import Trainer
 
