@@ -29,15 +29,21 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def _torchrun(processes: int, *args: str, wait: bool = True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-           "-m", "palette", *args]
+def _torchrun(processes: int, *args: str, wait: bool = True, launcher: str = "torchrun"):
+    env = _env()
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    else:  # on a CPU, accelerate launch --cpu starts one process; --multi_gpu with ACCELERATE_USE_CPU starts them all
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        env["ACCELERATE_USE_CPU"] = "true"
+    cmd += ["-m", "palette", *args]
     if not wait:
-        return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if result.returncode and "address already in use" in result.stderr.lower():  # --standalone's port was taken
-        result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -73,9 +79,10 @@ def test_batch_layout_splits_the_global_batch_into_equal_micro_batches():
         batch_layout(4, 3)
 
 
-def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate launch"])
+def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path, launcher):
     args = [*TRAIN, "--data", str(photo_dir), "--steps", "3"]
-    result = _torchrun(2, "train", *args, "--out", str(tmp_path / "two"), *EXACT)
+    result = _torchrun(2, "train", *args, "--out", str(tmp_path / "two"), *EXACT, launcher=launcher)
     assert main(["train", *args, "--out", str(tmp_path / "one"), *EXACT]) == 0
     assert "on 2 process(es)" in (tmp_path / "two" / "train.log").read_text()
     assert "last checkpoint" in result.stdout  # printed once, by the main process

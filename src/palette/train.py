@@ -150,7 +150,6 @@ def make_accelerator(config: Config):
     """The accelerate state for ``train.device`` and ``train.mixed_precision`` (CPU runs use gloo between processes)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs
 
     # accelerate keeps one state per process; a process that trains several runs (a notebook, the tests) with other
     # devices or precisions starts from a clean one (a launched run keeps its process group)
@@ -166,8 +165,7 @@ def make_accelerator(config: Config):
         raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
     if config.train.low_precision_norm and config.train.mixed_precision == "no":
         raise PaletteError("--low-precision-norm (train.low_precision_norm) needs --mixed-precision bf16 or fp16")
-    return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision)
 
 
 def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[int, ...]) -> Config:
