@@ -90,6 +90,41 @@ def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path, lau
     _assert_same_weights(tmp_path / "two", tmp_path / "one")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate launch"])
+def test_two_nodes_joined_by_the_launcher_train_the_same_parameters_as_one_process(photo_dir, tmp_path, launcher):
+    """The README's multi-node commands, with two launchers on this machine standing in for two nodes of one process
+    each: torchrun's c10d rendezvous (the SLURM example) or accelerate's machine ranks."""
+    args = [*TRAIN, "--data", str(photo_dir), "--steps", "3", "--out", str(tmp_path / "nodes"), *EXACT]
+    port, env = _free_port(), {**_env(), "ACCELERATE_USE_CPU": "true"}
+    nodes = []
+    for rank in range(2):
+        if launcher == "torchrun":
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--rdzv_id", "test", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}"]
+        else:
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+        nodes.append(subprocess.Popen([*cmd, "-m", "palette", "train", *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-3000:]
+    assert sum(out.count("last checkpoint") for out, _ in outputs) == 1  # the global main process, on one node
+    assert "on 2 process(es)" in (tmp_path / "nodes" / "train.log").read_text()
+    assert main(["train", *TRAIN, "--data", str(photo_dir), "--steps", "3", "--out", str(tmp_path / "one"),
+                 *EXACT]) == 0
+    _assert_same_weights(tmp_path / "nodes", tmp_path / "one")
+
+
 def _assert_same_ema(a, b, tol):
     ea = ckpt.read_weights(ckpt.latest_checkpoint(a) / "ema.safetensors")[0]
     eb = ckpt.read_weights(ckpt.latest_checkpoint(b) / "ema.safetensors")[0]
