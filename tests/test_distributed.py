@@ -90,6 +90,24 @@ def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path, lau
     _assert_same_weights(tmp_path / "two", tmp_path / "one")
 
 
+def test_each_process_checks_a_slice_of_the_files_and_all_stop_on_a_data_error(photo_dir, tmp_path):
+    """The header scan is shared out; its outcomes are pooled, so every process raises the same error (none is left
+    waiting in a collective) and it names the unreadable files both processes found."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(photo_dir, data)
+    for name in ("broken1.png", "broken2.png"):  # sorted between the photos: one in each process's slice
+        (data / name).write_bytes(b"not an image")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "palette",
+           "train", *TRAIN, "--data", str(data), "--steps", "1", "--out", str(tmp_path / "run"), *MICRO]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "palette train: error: 2 of 6 files" in line]
+    assert len(errors) == 2, result.stderr[-3000:]  # one per process
+    assert "broken1.png" in result.stderr and "broken2.png" in result.stderr
+
+
 def _free_port() -> int:
     import socket
 
@@ -337,3 +355,56 @@ def test_a_command_leaves_its_process_group_so_a_launched_process_exits_cleanly(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_failed_command_leaves_its_process_group_to_the_launcher(tmp_path, capsys):
+    """A failing process exits at once, without a teardown that could wait for peers stuck in a collective; torchrun
+    then stops the others."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["train", "--task", "inpainting", "--data", str(tmp_path / "missing"), "--out",
+                     str(tmp_path / "run")]) == 2
+        assert "missing" in capsys.readouterr().err
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_launched_processes_wait_in_collectives_for_the_configured_time(tmp_path):
+    """Training's process group takes train.collective_timeout_minutes (NCCL's default of 10 minutes is shorter than
+    the sample sheets of a large multi-task model, drawn while the other processes wait); sample and eval's 60."""
+    script = tmp_path / "timeout.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from palette.config import apply_overrides, preset\n"
+        "from palette.distributed import Processes\n"
+        "from palette.train import make_accelerator\n"
+        "if sys.argv[1] == 'train':\n"
+        "    make_accelerator(apply_overrides(preset('tiny'), ['train.device=cpu', 'train.collective_timeout_minutes=7']))\n"
+        "else:\n"
+        "    Processes('cpu')\n"
+        "timeout = dist.group.WORLD._get_backend(torch.device('cpu')).options._timeout.total_seconds()\n"
+        "sys.stdout.write(f'timeout {timeout}\\n')  # one write: the two processes share the pipe\n"
+        "dist.destroy_process_group()\n"
+    )
+    for command, seconds in (("train", 7 * 60), ("sample", 60 * 60)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), command]
+        result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count(f"timeout {seconds:.1f}") == 2, result.stdout
+
+
+def test_a_launched_process_refuses_a_device_that_names_one_gpu(monkeypatch):
+    from palette.distributed import check_launched_device
+    from palette.errors import PaletteError
+
+    check_launched_device("cuda:1")  # one process: any GPU it likes
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for fine in ("auto", "cuda", "cpu"):
+        check_launched_device(fine)
+    with pytest.raises(PaletteError, match=r"--device cuda:1 names one GPU, but this is process 1 of 2"):
+        check_launched_device("cuda:1")

@@ -139,7 +139,6 @@ def cmd_sample(args) -> int:
         sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
         batch_invariant=args.batch_invariant, tile_overlap=tile_overlap,
     )
-    processes.barrier()
     print(f"wrote {len(written)} sample(s) to {args.out}" + (f" (process {processes.rank} of {processes.world})"
                                                              if processes.world > 1 else ""))
     return 0
@@ -489,21 +488,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return args.func(args)
+        code = args.func(args)
     except PaletteError as err:
         print(f"palette {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint written is intact", file=sys.stderr)
         return 130
-    finally:
+    if code == 0:  # a failure (or an exception) leaves the process group as it is: see below
         _leave_process_group()
+    return code
 
 
 def _leave_process_group() -> None:
-    """End a launched (torchrun) command with ``destroy_process_group``: a process that exits with its gloo groups
-    alive (FSDP's device mesh adds one) could abort in their teardown ("terminate called without an active
-    exception", seen in about one in ten two-process FSDP test runs), failing a job whose work was done."""
+    """End a launched (torchrun) command that succeeded with ``destroy_process_group``: a process that exits with its
+    gloo groups alive (FSDP's device mesh adds one) could abort in their teardown ("terminate called without an active
+    exception", seen in about one in ten two-process FSDP test runs), failing a job whose work was done. A process
+    that failed leaves at once instead: its peers may be waiting in a collective, and a teardown that flushes the
+    group (NCCL's) could wait for them; once it has exited the launcher stops the others."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -90,6 +90,9 @@ class TrainConfig:
     sharding: str = "ddp"  # ddp (each process holds the whole model) or fsdp (parameters, gradients, Adam and EMA
     # sharded over the processes: for networks that do not fit one device several times over)
     time_limit_minutes: float = 0.0  # > 0: checkpoint and stop after this long (a job's allocation); resume later
+    # how long a process of a launched run waits in a collective before the run fails: the others wait while the main
+    # process writes a checkpoint or draws sample sheets (minutes for `paper` with --task multi; NCCL's default is 10)
+    collective_timeout_minutes: float = 60.0
 
 
 @dataclass
@@ -163,6 +166,9 @@ class Config:
                                f"{self.train.micro_batch_size}")
         if self.train.mixed_precision not in ("no", "bf16", "fp16"):
             raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {self.train.mixed_precision!r}")
+        if self.train.collective_timeout_minutes <= 0:
+            raise PaletteError(f"train.collective_timeout_minutes must be positive, got "
+                               f"{self.train.collective_timeout_minutes}")
         if not 0 < self.data.crop_scale_min <= 1:
             raise PaletteError(f"data.crop_scale_min must be in (0, 1], got {self.data.crop_scale_min}")
         from .samplers import SAMPLERS, SCHEDULES

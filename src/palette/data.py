@@ -187,41 +187,55 @@ class ScanReport:
     bits: tuple[int, ...] = (8,)  # per file of an item: 16 if any such file has 16-bit samples, else 8
 
 
-def scan_images(items: Sequence[Item], min_size: int, max_bad_fraction: float, progress: bool = True) -> ScanReport:
-    """Read every file's header: the unreadable are reported by name and skipped, the small are upscaled later.
-
-    More than ``max_bad_fraction`` unreadable files stop the run with the list, and so does any pair whose source and
-    target differ in size (every such pair is named).
-    """
+def probe_items(items: Sequence[Item], progress: bool = True) -> list[tuple]:
+    """Read the header of every file of every item: one small outcome per item, ``("ok", min side, channels, bits)``,
+    ``("unreadable", path, why)`` or ``("mismatched", sizes)``; :func:`summarize_scan` turns them into a report.
+    Processes of a launched run each probe a slice of the items and pool the outcomes."""
     from tqdm.auto import tqdm
 
-    readable, unreadable, small, mismatched = [], [], [], []
-    width = 2 if items and isinstance(items[0], tuple) else 1
-    channels, bits = [1] * width, [8] * width
+    outcomes = []
     for item in tqdm(items, desc="checking images", unit="file", disable=not progress or len(items) < 200, leave=False):
-        files = item if isinstance(item, tuple) else (item,)
         infos = []
-        for path in files:
+        for path in item if isinstance(item, tuple) else (item,):
             try:
                 infos.append(probe(path))
             except (OSError, ValueError, Image.DecompressionBombError) as err:
-                unreadable.append((path, str(err) or type(err).__name__))
+                outcomes.append(("unreadable", path, str(err) or type(err).__name__))
                 break
-        if len(infos) < len(files):
-            continue
-        sizes = [(i.width, i.height) for i in infos]
-        if len(set(sizes)) > 1:
-            mismatched.append(" vs ".join(f"{p} ({w}x{h})" for p, (w, h) in zip(files, sizes)))
-            continue
-        readable.append(item)
-        if min(sizes[0]) < min_size:
-            small.append(item)
-        for k, info in enumerate(infos):
-            channels[k], bits[k] = max(channels[k], info.channels), max(bits[k], info.bits)
+        else:
+            sizes = [(i.width, i.height) for i in infos]
+            if len(set(sizes)) > 1:
+                outcomes.append(("mismatched", sizes))
+            else:
+                outcomes.append(("ok", min(sizes[0]), tuple(i.channels for i in infos), tuple(i.bits for i in infos)))
+    return outcomes
+
+
+def summarize_scan(items: Sequence[Item], outcomes: Sequence[tuple], min_size: int, max_bad_fraction: float,
+                   warn: bool = True) -> ScanReport:
+    """The report of :func:`probe_items`' outcomes: the unreadable are reported by name and skipped, the small are
+    upscaled later. More than ``max_bad_fraction`` unreadable files stop the run with the list, and so does any pair
+    whose source and target differ in size (every such pair is named). ``warn=False`` keeps the warnings to
+    another process."""
+    readable, unreadable, small, mismatched = [], [], [], []
+    width = 2 if items and isinstance(items[0], tuple) else 1
+    channels, bits = [1] * width, [8] * width
+    for item, outcome in zip(items, outcomes, strict=True):
+        if outcome[0] == "unreadable":
+            unreadable.append(outcome[1:])
+        elif outcome[0] == "mismatched":
+            mismatched.append(" vs ".join(f"{p} ({w}x{h})" for p, (w, h) in zip(item, outcome[1])))
+        else:
+            _, side, item_channels, item_bits = outcome
+            readable.append(item)
+            if side < min_size:
+                small.append(item)
+            channels = [max(a, b) for a, b in zip(channels, item_channels)]
+            bits = [max(a, b) for a, b in zip(bits, item_bits)]
     if mismatched:
         listing = "\n  ".join(mismatched[:50]) + (f"\n  ... and {len(mismatched) - 50} more" if len(mismatched) > 50 else "")
         raise PaletteError(f"{len(mismatched)} pair(s) have a source and a target of different sizes:\n  {listing}")
-    for path, why in unreadable:
+    for path, why in unreadable if warn else ():
         log.warning("skipping %s: cannot be read as an image (%s)", path, why)
     if unreadable and len(unreadable) > max_bad_fraction * len(items):
         listing = "\n  ".join(f"{p}: {why}" for p, why in unreadable[:50])
@@ -231,10 +245,15 @@ def scan_images(items: Sequence[Item], min_size: int, max_bad_fraction: float, p
         )
     if not readable:
         raise PaletteError("none of the data files can be read as images")
-    if small:
+    if small and warn:
         names = ", ".join(str(p if width == 1 else p[1]) for p in small[:5]) + (" ..." if len(small) > 5 else "")
         log.warning("%d image(s) are smaller than %dpx and will be upscaled: %s", len(small), min_size, names)
     return ScanReport(readable, unreadable, small, tuple(channels), tuple(bits))
+
+
+def scan_images(items: Sequence[Item], min_size: int, max_bad_fraction: float, progress: bool = True) -> ScanReport:
+    """Read every file's header and report (:func:`probe_items`, then :func:`summarize_scan`)."""
+    return summarize_scan(items, probe_items(items, progress), min_size, max_bad_fraction)
 
 
 def sample_rng(seed: int, n: int) -> np.random.Generator:

@@ -1,20 +1,39 @@
 """Several processes for sampling and evaluation: the launcher's rank and world size, the process group, the device.
 
 ``torchrun --nproc_per_node N $(which palette) sample|eval ...`` (or ``accelerate launch``) starts N processes; each
-samples every N-th input and writes its own files, so nothing needs gathering but the end: the processes wait for
-each other once, then the main one reports (and, for ``eval``, computes the metrics).
+samples every N-th input and writes its own files. ``sample`` needs nothing else: each process reports its own files
+and ends when they are written. ``eval`` waits for every process once, then shares out the metric passes and
+gathers them to the main process, which reports.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
+
+from .errors import PaletteError
+
+COLLECTIVE_TIMEOUT_MINUTES = 60.0  # train.collective_timeout_minutes' default; sample and eval use it as it is
 
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) set by torchrun / accelerate launch; (0, 1) for a plain run."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def process_group_kwargs(timeout_minutes: float = COLLECTIVE_TIMEOUT_MINUTES) -> dict:
+    """``init_process_group`` arguments for accelerate: a collective waits this long before the run fails."""
+    return {"timeout": timedelta(minutes=timeout_minutes)}
+
+
+def check_launched_device(name: str) -> None:
+    """A launched process takes its own GPU (``cuda:LOCAL_RANK``): naming one GPU for all of them is an error."""
+    rank, world = rank_and_world()
+    if world > 1 and name.startswith("cuda:"):
+        raise PaletteError(f"--device {name} names one GPU, but this is process {rank} of {world}: each launched "
+                           f"process uses its own GPU; pass --device cuda (or auto)")
 
 
 class Processes:
@@ -26,7 +45,8 @@ class Processes:
         if self.world > 1:
             from accelerate import PartialState
 
-            self.state = PartialState(cpu=device == "cpu")
+            check_launched_device(device)
+            self.state = PartialState(cpu=device == "cpu", **process_group_kwargs())
 
     @property
     def main(self) -> bool:
@@ -37,6 +57,16 @@ class Processes:
         if self.state is not None and requested in ("auto", "cuda"):
             return self.state.device
         return requested
+
+    def from_main(self, value):
+        """The main process's ``value``, on every process (each calls this; the others' ``value`` is ignored). What
+        processes on several nodes see of a shared filesystem can differ for a while (NFS caches listings): decisions
+        taken from files are taken once, by the main process."""
+        if self.state is None:
+            return value
+        box = [value if self.main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def barrier(self) -> None:
         if self.state is not None:

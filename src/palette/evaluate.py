@@ -160,13 +160,12 @@ def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, sh
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
     items = eval_set.items
-    todo = pending(items, out_dir, options.num_samples)
-    if processes is not None and processes.world > 1:
-        processes.barrier()  # everyone has listed the pending images before the first is written
+    if processes is not None and processes.world > 1:  # listed by the main process before anyone writes
+        todo = processes.from_main(pending(items, out_dir, options.num_samples) if processes.main else None)
         todo = todo[processes.rank :: processes.world]
     else:
-        rank, world = shard
-        todo = [i for i in todo if i % world == rank]  # by index: the same split whenever a job starts
+        rank, world = shard  # split by index: the same split whenever a job starts
+        todo = [i for i in pending(items, out_dir, options.num_samples) if i % world == rank]
     masks = MaskSource(options, size, len(items)) if make_task(options.task).masked else None
     per_call = max(1, options.batch_size // options.num_samples)
     with tqdm(total=len(todo), desc=f"eval: sample {options.task}", unit="image", disable=not progress) as bar:
@@ -253,7 +252,9 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
     rank, world = (processes.rank, processes.world) if processes is not None and processes.world > 1 else (0, 1)
 
     items, k_count = eval_set.items, options.num_samples
-    missing = pending(items, out_dir, k_count)
+    missing = pending(items, out_dir, k_count) if rank == 0 else None
+    if world > 1:  # every process raises the same error, or none
+        missing = processes.from_main(missing)
     if missing:
         raise PaletteError(f"{len(missing)} of {len(items)} images have fewer than {k_count} samples in "
                            f"{out_dir / 'samples'} (e.g. {items[missing[0]].id}); run palette eval without --shard "

@@ -28,8 +28,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import Config, use_channels_last
-from .data import StepSampler, TrainingData, list_images, list_pairs, scan_images, training_loader
+from .data import (
+    StepSampler, TrainingData, list_images, list_pairs, probe_items, scan_images, summarize_scan, training_loader,
+)
 from .diffusion import NoiseSchedule
+from .distributed import check_launched_device, process_group_kwargs
 from .errors import PaletteError
 from .model import PaletteModel
 from .sharding import (ShardedEMA, full_optimizer_state, full_state_dict, full_tensor, load_optimizer_state,
@@ -99,8 +102,10 @@ def check_resumable(saved: Config, wanted: Config, run_dir: Path) -> None:
 
 
 class StopRequest:
-    """SIGTERM (what schedulers send before they end a job) and SIGUSR1 (SLURM's ``--signal``) ask training to stop:
-    it finishes the step, writes a checkpoint and returns. Installed only in the main thread; restored afterwards."""
+    """SIGTERM (what schedulers send before they end a job, and what torchrun passes on) and SIGUSR1 (for SLURM's
+    ``--signal`` when the training processes are srun's own tasks: torchrun itself dies of SIGUSR1) ask training to
+    stop: it finishes the step, writes a checkpoint and returns. Installed only in the main thread; restored
+    afterwards."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
@@ -157,6 +162,7 @@ def make_accelerator(config: Config):
     GradientState._reset_state()
 
     name = config.train.device
+    check_launched_device(name)
     device = resolve_device(name) if name != "auto" else None
     if device is not None and device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(device)  # one process on a chosen GPU
@@ -165,7 +171,11 @@ def make_accelerator(config: Config):
         raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
     if config.train.low_precision_norm and config.train.mixed_precision == "no":
         raise PaletteError("--low-precision-norm (train.low_precision_norm) needs --mixed-precision bf16 or fp16")
-    return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision)
+    from accelerate.utils import InitProcessGroupKwargs
+
+    timeout = process_group_kwargs(config.train.collective_timeout_minutes)
+    return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
+                       kwargs_handlers=[InitProcessGroupKwargs(**timeout)])
 
 
 def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[int, ...]) -> Config:
@@ -259,16 +269,19 @@ class Trainer:
             config.save(self.run_dir / "config.yaml")
 
     def _scan(self, items: list):
-        """Check the files once, on the main process, and share the report."""
-        result = [None]
-        if self.main:
-            result = [scan_images(items, self.config.model.image_size, self.config.data.max_bad_fraction,
-                                  self.progress)]
-        if self.world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            result = broadcast_object_list(result, from_process=0)
-        return result[0]
+        """Check the files' headers, each process a slice of them (a million files on a shared filesystem take long
+        enough for one process alone to outlast a collective's timeout); every process sees all the outcomes and
+        reaches the same report or the same error."""
+        cfg = self.config
+        if self.world == 1:
+            return scan_images(items, cfg.model.image_size, cfg.data.max_bad_fraction, self.progress)
+        mine = probe_items(items[self.rank::self.world], self.progress and self.main)
+        pooled = [None] * self.world
+        torch.distributed.all_gather_object(pooled, mine)
+        outcomes = [None] * len(items)
+        for rank, part in enumerate(pooled):
+            outcomes[rank::self.world] = part
+        return summarize_scan(items, outcomes, cfg.model.image_size, cfg.data.max_bad_fraction, warn=self.main)
 
     def _restore(self, checkpoint: Path) -> dict[str, Any]:
         """Load the weights and EMA of ``checkpoint`` (before any sharding); returns its optimizer state."""
