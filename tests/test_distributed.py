@@ -108,6 +108,23 @@ def test_each_process_checks_a_slice_of_the_files_and_all_stop_on_a_data_error(p
     assert "broken1.png" in result.stderr and "broken2.png" in result.stderr
 
 
+def test_two_processes_share_out_the_sample_sheets_and_draw_what_one_process_draws(photo_dir, tmp_path):
+    """Each process samples every other row of the sheets, rows of a masked and an unmasked task in one batch; the
+    main process gathers them into the sheets one process draws."""
+    import numpy as np
+    from PIL import Image
+
+    args = ["--task", "multi", *TRAIN[2:], "--data", str(photo_dir), "--steps", "2", *EXACT, "train.sample_every=2",
+            "train.sheet_images=3", "train.sheet_samples=2", "task.tasks=inpainting,colorization"]
+    _torchrun(2, "train", *args, "--out", str(tmp_path / "two"))
+    assert main(["train", *args, "--out", str(tmp_path / "one")]) == 0
+    for task in ("inpainting", "colorization"):
+        name = f"samples/step0000002_{task}.png"
+        two, one = (np.asarray(Image.open(tmp_path / run / name), dtype=np.int16) for run in ("two", "one"))
+        assert two.shape == one.shape
+        assert np.abs(two - one).max() <= 2  # the same rows in the same places, up to float rounding
+
+
 def _free_port() -> int:
     import socket
 

@@ -91,7 +91,8 @@ class TrainConfig:
     # sharded over the processes: for networks that do not fit one device several times over)
     time_limit_minutes: float = 0.0  # > 0: checkpoint and stop after this long (a job's allocation); resume later
     # how long a process of a launched run waits in a collective before the run fails: the others wait while the main
-    # process writes a checkpoint or draws sample sheets (minutes for `paper` with --task multi; NCCL's default is 10)
+    # process writes a checkpoint (8.8 GB for `paper`) or sheets, or while the slowest draws its rows of the sheets
+    # (NCCL's default is 10 minutes)
     collective_timeout_minutes: float = 60.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +45,16 @@ def compose_sheet(rows: Sequence[Sequence[torch.Tensor]], headers: Sequence[str]
     return sheet
 
 
+@dataclass
+class SheetRow:
+    """Row ``index`` of sheet ``sheet``: an example whose input is sampled (with its mask where ``masked``)."""
+
+    sheet: str
+    index: int
+    example: Sample
+    masked: bool
+
+
 @torch.no_grad()
 def task_sheet(model, task_name: str, targets: torch.Tensor, num_samples: int, seed: int, steps: int | None,
                device: torch.device, progress: bool = False) -> Image.Image:
@@ -57,47 +68,80 @@ def task_sheet(model, task_name: str, targets: torch.Tensor, num_samples: int, s
 def examples_sheet(model, name: str, examples: Sequence[Sample], masked: bool, num_samples: int, seed: int,
                    steps: int | None, device: torch.device, progress: bool = False) -> Image.Image:
     """Sample each example's x ``num_samples`` times: one row of input | samples | ground truth per example."""
+    rows = [SheetRow(name, i, e, masked) for i, e in enumerate(examples)]
+    return compose_rows(rows, sample_rows(model, rows, num_samples, seed, steps, device, progress))
+
+
+@torch.no_grad()
+def sample_rows(model, rows: Sequence[SheetRow], num_samples: int, seed: int, steps: int | None,
+                device: torch.device, progress: bool = False, max_batch: int | None = None) -> list[list[torch.Tensor]]:
+    """The ``num_samples`` samples (on the CPU) of each row's input, in batches of at most ``max_batch`` images
+    (default: all rows at once). Sample k of row i of a sheet has the seed ``seed * 1000 + i * num_samples + k``, so
+    a sheet is the same however its rows are shared out over batches or processes."""
     from tqdm.auto import tqdm
 
-    x = torch.stack([e.x for e in examples]).repeat_interleave(num_samples, 0).to(device)
-    mask = torch.stack([e.mask for e in examples]).repeat_interleave(num_samples, 0).to(device)
-    known = torch.stack([e.y for e in examples]).repeat_interleave(num_samples, 0).to(device)
-    seeds = [seed * 1000 + i for i in range(x.shape[0])]
+    if not rows:
+        return []
+    per_batch = len(rows) if max_batch is None else max(1, max_batch // num_samples)
+    if per_batch < len(rows):
+        return [samples for start in range(0, len(rows), per_batch)
+                for samples in sample_rows(model, rows[start : start + per_batch], num_samples, seed, steps, device,
+                                           progress)]
+
+    def stacked(get) -> torch.Tensor:
+        return torch.stack([get(r) for r in rows]).repeat_interleave(num_samples, 0).to(device)
+
+    x = stacked(lambda r: r.example.x)
+    # mask 1 = generated: an unmasked task's row generates everywhere, as with no mask at all
+    mask = stacked(lambda r: r.example.mask if r.masked else torch.ones_like(r.example.mask[:1]))
+    known = stacked(lambda r: r.example.y)
+    seeds = [seed * 1000 + r.index * num_samples + k for r in rows for k in range(num_samples)]
     steps = steps or model.config.diffusion.sample_steps
-    with tqdm(total=steps, desc=f"sample {name}", unit="step", disable=not progress, leave=False) as bar:
-        out = model.sample(x, mask if masked else None, known if masked else None, steps=steps,
-                           seeds=seeds, callback=lambda *a: bar.update(1))
-    rows = []
-    for i, e in enumerate(examples):
-        samples = list(out[i * num_samples : (i + 1) * num_samples])
-        rows.append([visible_input(e.x, e.mask, masked), *samples, e.y])
+    any_masked = any(r.masked for r in rows)
+    names = ", ".join(dict.fromkeys(r.sheet for r in rows))
+    with tqdm(total=steps, desc=f"sample {names}", unit="step", disable=not progress, leave=False) as bar:
+        out = model.sample(x, mask if any_masked else None, known if any_masked else None, steps=steps, seeds=seeds,
+                           callback=lambda *a: bar.update(1)).cpu()
+    return [list(out[i * num_samples : (i + 1) * num_samples]) for i in range(len(rows))]
+
+
+def compose_rows(rows: Sequence[SheetRow], samples: Sequence[Sequence[torch.Tensor]]) -> Image.Image:
+    """One sheet: per row, input | samples | ground truth."""
+    num_samples = len(samples[0])
+    grid = [[visible_input(r.example.x, r.example.mask, r.masked), *s, r.example.y] for r, s in zip(rows, samples)]
     headers = ["input", *(f"sample {k + 1}" for k in range(num_samples)), "truth"]
-    return compose_sheet(rows, headers, scale=max(1, 128 // examples[0].y.shape[-1]))
+    return compose_sheet(grid, headers, scale=max(1, 128 // rows[0].example.y.shape[-1]))
 
 
-def training_sheet(model, items: Sequence, config, out_dir: Path, prefix: str, device: torch.device,
-                   progress: bool = False) -> list[Path]:
-    """One sheet per task the model can do, on the first ``train.sheet_images`` images (or pairs) of the data."""
-    size, channels = config.model.image_size, config.model.channels
+def training_rows(items: Sequence, config) -> list[SheetRow]:
+    """The rows of every sheet of a training run: the first ``train.sheet_images`` images (or pairs) of the data,
+    degraded by each task the model can do (with seeds fixed by ``train.seed``)."""
+    size, channels, seed = config.model.image_size, config.model.channels, config.train.seed
     items = list(items)[: config.train.sheet_images]
-    sheets = {}
     if config.task.name == PAIRED:
         source_channels = config.model.condition_channels
-        examples = []
-        for source, target in items:
+        rows = []
+        for i, (source, target) in enumerate(items):
             y = center_square(load_image(target, channels), size) * 2 - 1
             x = center_square(load_image(source, source_channels), size) * 2 - 1
-            examples.append(Sample(x, y, torch.ones((1, size, size))))
-        sheets[PAIRED] = examples_sheet(model, PAIRED, examples, False, config.train.sheet_samples,
-                                        config.train.seed, None, device, progress)
-    else:
-        targets = torch.stack([center_square(load_image(p, channels), size) * 2 - 1 for p in items])
-        for name in sample_tasks(config.task.name, config.task.tasks):
-            sheets[name] = task_sheet(model, name, targets, config.train.sheet_samples, config.train.seed, None,
-                                      device, progress)
+            rows.append(SheetRow(PAIRED, i, Sample(x, y, torch.ones((1, size, size))), False))
+        return rows
+    targets = [center_square(load_image(p, channels), size) * 2 - 1 for p in items]
+    rows = []
+    for name in sample_tasks(config.task.name, config.task.tasks):
+        task = make_task(name)
+        rows += [SheetRow(name, i, task(y, np.random.default_rng([seed, i])), task.masked)
+                 for i, y in enumerate(targets)]
+    return rows
+
+
+def write_training_sheets(rows: Sequence[SheetRow], samples: Sequence[Sequence[torch.Tensor]], out_dir: Path,
+                          prefix: str) -> list[Path]:
+    """``out_dir/{prefix}_{sheet}.png`` for each sheet of ``rows`` (in order), from the rows' samples."""
     written = []
-    for name, sheet in sheets.items():
+    for name in dict.fromkeys(r.sheet for r in rows):
+        picked = [(r, s) for r, s in zip(rows, samples, strict=True) if r.sheet == name]
         path = Path(out_dir) / f"{prefix}_{name}.png"
-        sheet.save(path)
+        compose_rows([r for r, _ in picked], [s for _, s in picked]).save(path)
         written.append(path)
     return written

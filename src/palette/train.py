@@ -37,7 +37,7 @@ from .errors import PaletteError
 from .model import PaletteModel
 from .sharding import (ShardedEMA, full_optimizer_state, full_state_dict, full_tensor, load_optimizer_state,
                        shard_network)
-from .sheets import training_sheet
+from .sheets import sample_rows, training_rows, write_training_sheets
 from .tasks import PAIRED, make_task
 
 log = logging.getLogger(__name__)
@@ -297,10 +297,12 @@ class Trainer:
                  else "")
         return optimizer
 
-    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+    def ema_state_dict(self, everywhere: bool = False) -> dict[str, torch.Tensor]:
         """The EMA weights, unsharded (under FSDP a collective: every process calls it; the main process gets them,
-        on its device, the others an empty dict)."""
-        return self.sharded_ema.full_state_dict(self.main, to_cpu=False) if self.fsdp else self.ema.state_dict()
+        on its device, and the others an empty dict unless ``everywhere``)."""
+        if self.fsdp:
+            return self.sharded_ema.full_state_dict(self.main or everywhere, to_cpu=False)
+        return self.ema.state_dict()
 
     def save(self) -> Path | None:
         """The main process writes the checkpoint (under FSDP every process first helps gather the full tensors);
@@ -435,11 +437,7 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     last = self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
-                    ema = self.ema_state_dict()
-                    if self.main:
-                        self.write_sheets(writer, ema)
-                    del ema
-                    self.accelerator.wait_for_everyone()
+                    self.write_sheets(writer)
                 if (deadline is not None or stop.installed) and self._should_stop(deadline, stop.signal):
                     if self.step % cfg.checkpoint_every:  # not written just above
                         last = self.save()
@@ -466,16 +464,31 @@ class Trainer:
         stop = self.accelerator.reduce(torch.tensor(float(local), device=self.device), reduction="sum")
         return bool(stop.item() > 0)  # one process stopping stops all
 
-    def write_sheets(self, writer=None, ema: dict[str, torch.Tensor] | None = None) -> list[Path]:
-        """Sample sheets of the EMA model on fixed examples, one per task: input | samples | ground truth."""
+    def write_sheets(self, writer=None) -> list[Path]:
+        """Sample sheets of the EMA model on fixed examples, one per task: input | samples | ground truth.
+
+        Every process calls this: each samples every N-th row of the sheets (a sheet is the same however its rows
+        are shared out), the main process gathers the rows, writes the sheets and returns their paths (the others
+        return [])."""
+        cfg = self.config.train
+        sampler = PaletteModel(self.config).to(self.device)
+        sampler.net.load_state_dict(self.ema_state_dict(everywhere=True))
+        sampler.eval()
+        rows = training_rows(self.paths, self.config)
+        mine = list(range(self.rank, len(rows), self.world))
+        samples = sample_rows(sampler, [rows[i] for i in mine], cfg.sheet_samples, cfg.seed, None, self.device,
+                              self.progress, max_batch=self.micro_batch)
+        del sampler
+        if self.world > 1:
+            shares = [None] * self.world if self.main else None
+            torch.distributed.gather_object(list(zip(mine, samples)), shares, dst=0)
+            if not self.main:
+                return []
+            by_row = dict(pair for share in shares for pair in share)
+            samples = [by_row[i] for i in range(len(rows))]
         sheet_dir = self.run_dir / "samples"
         sheet_dir.mkdir(parents=True, exist_ok=True)
-        sampler = PaletteModel(self.config).to(self.device)
-        sampler.net.load_state_dict(self.ema_state_dict() if ema is None else ema)
-        sampler.eval()
-        written = training_sheet(
-            sampler, self.paths, self.config, sheet_dir, f"step{self.step:07d}", self.device, progress=self.progress,
-        )
+        written = write_training_sheets(rows, samples, sheet_dir, f"step{self.step:07d}")
         if writer is not None:
             from PIL import Image
 
