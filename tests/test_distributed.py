@@ -106,6 +106,14 @@ def test_each_process_checks_a_slice_of_the_files_and_all_stop_on_a_data_error(p
     errors = [line for line in result.stderr.splitlines() if "palette train: error: 2 of 6 files" in line]
     assert len(errors) == 2, result.stderr[-3000:]  # one per process
     assert "broken1.png" in result.stderr and "broken2.png" in result.stderr
+    # the main process lists the files for all; an error in listing them stops every process too
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cmd[cmd.index(str(data))] = str(empty)
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("palette train: error:")]
+    assert len(errors) == 2 and str(empty) in errors[0] and errors[0] == errors[1], result.stderr[-3000:]
 
 
 def test_two_processes_share_out_the_sample_sheets_and_draw_what_one_process_draws(photo_dir, tmp_path):
@@ -114,15 +122,38 @@ def test_two_processes_share_out_the_sample_sheets_and_draw_what_one_process_dra
     import numpy as np
     from PIL import Image
 
+    recorder = tmp_path / "record_rows.py"  # palette train, noting which sheet rows each process samples
+    recorder.write_text(
+        "import os, sys\n"
+        "import palette.train as training\n"
+        "from palette.cli import main\n"
+        "sample_rows, drawn = training.sample_rows, []\n"
+        "def recording(model, rows, *args, **kwargs):\n"
+        "    drawn.extend(f'{r.sheet}:{r.index}' for r in rows)\n"
+        "    return sample_rows(model, rows, *args, **kwargs)\n"
+        "training.sample_rows = recording\n"
+        "code = main(sys.argv[1:])\n"
+        "sys.stdout.write(f\"rank {os.environ.get('RANK', 0)} drew {','.join(drawn)}\\n\")\n"
+        "sys.exit(code)\n"
+    )
     args = ["--task", "multi", *TRAIN[2:], "--data", str(photo_dir), "--steps", "2", *EXACT, "train.sample_every=2",
             "train.sheet_images=3", "train.sheet_samples=2", "task.tasks=inpainting,colorization"]
-    _torchrun(2, "train", *args, "--out", str(tmp_path / "two"))
-    assert main(["train", *args, "--out", str(tmp_path / "one")]) == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(recorder), "train", *args, "--out", str(tmp_path / "two")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(recorder), "train", *args, "--out", str(tmp_path / "one")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = re.search(r"rank 0 drew (\S+)", one.stdout).group(1).split(",")
+    assert len(rows) == 6
+    shares = [re.search(rf"rank {r} drew (\S+)", two.stdout).group(1).split(",") for r in (0, 1)]
+    assert shares == [rows[0::2], rows[1::2]]
     for task in ("inpainting", "colorization"):
         name = f"samples/step0000002_{task}.png"
-        two, one = (np.asarray(Image.open(tmp_path / run / name), dtype=np.int16) for run in ("two", "one"))
-        assert two.shape == one.shape
-        assert np.abs(two - one).max() <= 2  # the same rows in the same places, up to float rounding
+        a, b = (np.asarray(Image.open(tmp_path / run / name), dtype=np.int16) for run in ("two", "one"))
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 2  # the same rows in the same places, up to float rounding
 
 
 def _free_port() -> int:
@@ -414,14 +445,20 @@ def test_launched_processes_wait_in_collectives_for_the_configured_time(tmp_path
         assert result.stdout.count(f"timeout {seconds:.1f}") == 2, result.stdout
 
 
-def test_a_launched_process_refuses_a_device_that_names_one_gpu(monkeypatch):
+def test_a_launched_process_refuses_a_device_that_names_one_gpu_and_training_ignores_a_saved_one(monkeypatch,
+                                                                                                   caplog):
+    import logging
+
     from palette.distributed import check_launched_device
     from palette.errors import PaletteError
 
     check_launched_device("cuda:1")  # one process: any GPU it likes
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     for fine in ("auto", "cuda", "cpu"):
         check_launched_device(fine)
-    with pytest.raises(PaletteError, match=r"--device cuda:1 names one GPU, but this is process 1 of 2"):
+    with pytest.raises(PaletteError, match=r"--device cuda:1 names one GPU, but this is process 0 of 2"):
         check_launched_device("cuda:1")
+    with caplog.at_level(logging.WARNING):  # a run started on cuda:1 resumes on several processes
+        check_launched_device("cuda:1", strict=False)
+    assert "names one GPU" in caplog.text

@@ -8,6 +8,7 @@ gathers them to the main process, which reports.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 
@@ -28,12 +29,17 @@ def process_group_kwargs(timeout_minutes: float = COLLECTIVE_TIMEOUT_MINUTES) ->
     return {"timeout": timedelta(minutes=timeout_minutes)}
 
 
-def check_launched_device(name: str) -> None:
-    """A launched process takes its own GPU (``cuda:LOCAL_RANK``): naming one GPU for all of them is an error."""
+def check_launched_device(name: str, strict: bool = True) -> None:
+    """A launched process takes its own GPU (``cuda:LOCAL_RANK``): naming one GPU for all of them is an error, or
+    (not ``strict``: a device saved in the config of a run resumed on more processes) a warning, the index ignored."""
     rank, world = rank_and_world()
     if world > 1 and name.startswith("cuda:"):
-        raise PaletteError(f"--device {name} names one GPU, but this is process {rank} of {world}: each launched "
-                           f"process uses its own GPU; pass --device cuda (or auto)")
+        message = (f"--device {name} names one GPU, but this is process {rank} of {world}: each launched process uses "
+                   f"its own GPU")
+        if strict:
+            raise PaletteError(f"{message}; pass --device cuda (or auto)")
+        if rank == 0:
+            logging.getLogger(__name__).warning("%s (cuda:LOCAL_RANK)", message)
 
 
 class Processes:

@@ -77,7 +77,8 @@ def sample_rows(model, rows: Sequence[SheetRow], num_samples: int, seed: int, st
                 device: torch.device, progress: bool = False, max_batch: int | None = None) -> list[list[torch.Tensor]]:
     """The ``num_samples`` samples (on the CPU) of each row's input, in batches of at most ``max_batch`` images
     (default: all rows at once). Sample k of row i of a sheet has the seed ``seed * 1000 + i * num_samples + k``, so
-    a sheet is the same however its rows are shared out over batches or processes."""
+    a sheet is the same however its rows are shared out over batches or processes (up to floating-point rounding,
+    which on a GPU can depend on the batch)."""
     from tqdm.auto import tqdm
 
     if not rows:

@@ -162,7 +162,7 @@ def make_accelerator(config: Config):
     GradientState._reset_state()
 
     name = config.train.device
-    check_launched_device(name)
+    check_launched_device(name, strict=False)  # train.device may come from the config of a resumed run
     device = resolve_device(name) if name != "auto" else None
     if device is not None and device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(device)  # one process on a chosen GPU
@@ -223,7 +223,7 @@ class Trainer:
             raise PaletteError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
 
         paired = config.task.name == PAIRED
-        report = self._scan(list_pairs(config.data.path) if paired else list_images(config.data.path))
+        report = self._scan(lambda: list_pairs(config.data.path) if paired else list_images(config.data.path))
         self.paths = report.readable
         self.bad_files = len(report.unreadable)
         self.config = config = with_data_properties(config, report.channels, report.bits)
@@ -268,13 +268,24 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir / "config.yaml")
 
-    def _scan(self, items: list):
-        """Check the files' headers, each process a slice of them (a million files on a shared filesystem take long
-        enough for one process alone to outlast a collective's timeout); every process sees all the outcomes and
-        reaches the same report or the same error."""
+    def _scan(self, list_items):
+        """List the data files (``list_items()``) on the main process and check their headers, each process a slice
+        of them (a million files on a shared filesystem take long enough for one process alone to outlast a
+        collective's timeout); every process gets the main process's listing and all the outcomes, and reaches the
+        same report or the same error."""
         cfg = self.config
         if self.world == 1:
-            return scan_images(items, cfg.model.image_size, cfg.data.max_bad_fraction, self.progress)
+            return scan_images(list_items(), cfg.model.image_size, cfg.data.max_bad_fraction, self.progress)
+        listing = [None]
+        if self.main:  # one listing for all: nodes can see a shared folder differently for a while (NFS caches)
+            try:
+                listing = [list_items()]
+            except PaletteError as err:
+                listing = [err]
+        torch.distributed.broadcast_object_list(listing, src=0)
+        if isinstance(listing[0], PaletteError):
+            raise listing[0]
+        items = listing[0]
         mine = probe_items(items[self.rank::self.world], self.progress and self.main)
         pooled = [None] * self.world
         torch.distributed.all_gather_object(pooled, mine)
