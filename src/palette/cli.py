@@ -299,7 +299,8 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=SCHEDULES,
                    help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto (default), cpu, cuda, cuda:1, ...; launched processes each use their own GPU")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--no-progress", action="store_true")
 
@@ -349,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a checkpoint and stop after this many minutes (resume later with --resume)")
     p.add_argument("--loss", choices=("l2", "l1"))
     p.add_argument("--objective", choices=("diffusion", "regression"))
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...; launched processes each use their own GPU")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="data loading processes")
     resume = p.add_mutually_exclusive_group()
