@@ -42,6 +42,34 @@ def check_launched_device(name: str, strict: bool = True) -> None:
             logging.getLogger(__name__).warning("%s (cuda:LOCAL_RANK)", message)
 
 
+def from_main(value):
+    """The main process's ``value`` on every process of the default group (a collective; the others' ``value`` is
+    ignored). What processes on several nodes see of a shared filesystem can differ for a while (NFS caches
+    listings): decisions taken from files are taken once, by the main process."""
+    box = [value if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_interleaved(part: list, total: int, main_only: bool = False) -> list | None:
+    """The results of the processes' shares of ``total`` items, process r having done items r, r + N, r + 2N, ...
+    (``part`` is this process's), back in the items' order: on every process, or with ``main_only`` on the main
+    process only (None elsewhere). A collective."""
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if main_only:
+        parts = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(part, parts, dst=0)
+        if parts is None:
+            return None
+    else:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, part)
+    ordered = [None] * total
+    for r, share in enumerate(parts):
+        ordered[r::world] = share
+    return ordered
+
+
 class Processes:
     """The process group of a launched run (gloo on CPU, NCCL on GPUs), or a stand-in for a single process."""
 
@@ -65,14 +93,8 @@ class Processes:
         return requested
 
     def from_main(self, value):
-        """The main process's ``value``, on every process (each calls this; the others' ``value`` is ignored). What
-        processes on several nodes see of a shared filesystem can differ for a while (NFS caches listings): decisions
-        taken from files are taken once, by the main process."""
-        if self.state is None:
-            return value
-        box = [value if self.main else None]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
+        """:func:`from_main` in a launched run; ``value`` itself for a single process."""
+        return value if self.state is None else from_main(value)
 
     def barrier(self) -> None:
         if self.state is not None:

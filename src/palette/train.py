@@ -32,7 +32,7 @@ from .data import (
     StepSampler, TrainingData, list_images, list_pairs, probe_items, scan_images, summarize_scan, training_loader,
 )
 from .diffusion import NoiseSchedule
-from .distributed import check_launched_device, process_group_kwargs
+from .distributed import check_launched_device, from_main, gather_interleaved, process_group_kwargs
 from .errors import PaletteError
 from .model import PaletteModel
 from .sharding import (ShardedEMA, full_optimizer_state, full_state_dict, full_tensor, load_optimizer_state,
@@ -155,6 +155,7 @@ def make_accelerator(config: Config):
     """The accelerate state for ``train.device`` and ``train.mixed_precision`` (CPU runs use gloo between processes)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import InitProcessGroupKwargs
 
     # accelerate keeps one state per process; a process that trains several runs (a notebook, the tests) with other
     # devices or precisions starts from a clean one (a launched run keeps its process group)
@@ -171,8 +172,6 @@ def make_accelerator(config: Config):
         raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
     if config.train.low_precision_norm and config.train.mixed_precision == "no":
         raise PaletteError("--low-precision-norm (train.low_precision_norm) needs --mixed-precision bf16 or fp16")
-    from accelerate.utils import InitProcessGroupKwargs
-
     timeout = process_group_kwargs(config.train.collective_timeout_minutes)
     return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
                        kwargs_handlers=[InitProcessGroupKwargs(**timeout)])
@@ -276,22 +275,17 @@ class Trainer:
         cfg = self.config
         if self.world == 1:
             return scan_images(list_items(), cfg.model.image_size, cfg.data.max_bad_fraction, self.progress)
-        listing = [None]
-        if self.main:  # one listing for all: nodes can see a shared folder differently for a while (NFS caches)
+        listing = None
+        if self.main:
             try:
-                listing = [list_items()]
+                listing = list_items()
             except PaletteError as err:
-                listing = [err]
-        torch.distributed.broadcast_object_list(listing, src=0)
-        if isinstance(listing[0], PaletteError):
-            raise listing[0]
-        items = listing[0]
+                listing = err
+        items = from_main(listing)  # one listing for all (nodes can see a shared folder differently for a while)
+        if isinstance(items, PaletteError):
+            raise items
         mine = probe_items(items[self.rank::self.world], self.progress and self.main)
-        pooled = [None] * self.world
-        torch.distributed.all_gather_object(pooled, mine)
-        outcomes = [None] * len(items)
-        for rank, part in enumerate(pooled):
-            outcomes[rank::self.world] = part
+        outcomes = gather_interleaved(mine, len(items))
         return summarize_scan(items, outcomes, cfg.model.image_size, cfg.data.max_bad_fraction, warn=self.main)
 
     def _restore(self, checkpoint: Path) -> dict[str, Any]:
@@ -479,24 +473,20 @@ class Trainer:
         """Sample sheets of the EMA model on fixed examples, one per task: input | samples | ground truth.
 
         Every process calls this: each samples every N-th row of the sheets (a sheet is the same however its rows
-        are shared out), the main process gathers the rows, writes the sheets and returns their paths (the others
+        are shared out, up to rounding), the main process gathers the rows, writes the sheets and returns their paths (the others
         return [])."""
         cfg = self.config.train
         sampler = PaletteModel(self.config).to(self.device)
         sampler.net.load_state_dict(self.ema_state_dict(everywhere=True))
         sampler.eval()
         rows = training_rows(self.paths, self.config)
-        mine = list(range(self.rank, len(rows), self.world))
-        samples = sample_rows(sampler, [rows[i] for i in mine], cfg.sheet_samples, cfg.seed, None, self.device,
+        samples = sample_rows(sampler, rows[self.rank::self.world], cfg.sheet_samples, cfg.seed, None, self.device,
                               self.progress, max_batch=self.micro_batch)
         del sampler
         if self.world > 1:
-            shares = [None] * self.world if self.main else None
-            torch.distributed.gather_object(list(zip(mine, samples)), shares, dst=0)
+            samples = gather_interleaved(samples, len(rows), main_only=True)
             if not self.main:
                 return []
-            by_row = dict(pair for share in shares for pair in share)
-            samples = [by_row[i] for i in range(len(rows))]
         sheet_dir = self.run_dir / "samples"
         sheet_dir.mkdir(parents=True, exist_ok=True)
         written = write_training_sheets(rows, samples, sheet_dir, f"step{self.step:07d}")
