@@ -1,6 +1,12 @@
-"""Checkpoints: safetensors round trip, atomic writes, no unpickling."""
+"""Checkpoints: safetensors round trip, atomic writes, no unpickling, weights and pointers checked on load, one
+writer per run folder."""
 
+import errno
+import os
 import pickle
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,3 +111,84 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_model(tmp_path, "cpu")
     with pytest.raises(PaletteError, match="no such file"):
         load_model(tmp_path / "nope", "cpu")
+
+
+def test_a_latest_pointer_out_of_the_run_is_refused_not_followed(tmp_path):
+    config = micro_config()
+    _write(tmp_path / "other-run", 5, config)
+    _write(tmp_path / "run", 1, config)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    latest.write_text("../../other-run/checkpoints/step-000000005")
+    with pytest.raises(PaletteError, match="latest points to '../../other-run/checkpoints/step-000000005'"):
+        load_model(tmp_path / "run", "cpu")
+    with pytest.raises(PaletteError, match="must stay inside the run"):
+        ckpt.latest_checkpoint(tmp_path / "run")
+
+
+def test_a_step_folder_that_links_out_of_the_run_is_not_a_checkpoint_of_it(tmp_path):
+    config = micro_config()
+    _, _, elsewhere = _write(tmp_path / "other-run", 5, config)
+    _, _, own = _write(tmp_path / "run", 1, config)
+    (tmp_path / "run" / "checkpoints" / "latest").unlink()
+    (tmp_path / "run" / "checkpoints" / "step-000000009").symlink_to(elsewhere)  # newer by name, but not this run's
+    assert ckpt.latest_checkpoint(tmp_path / "run") == own
+
+
+def test_weights_holding_nan_are_refused_naming_the_tensor(tmp_path):
+    config = micro_config()
+    model = PaletteModel(config)
+    weights = model.net.state_dict()
+    name = sorted(weights)[len(weights) // 2]
+    weights[name].view(-1)[0] = float("nan")
+    ckpt.write_checkpoint(tmp_path, 1, weights, weights, {"state": {}, "param_groups": []}, config, {"step": 1})
+    with pytest.raises(PaletteError, match=f"tensor {name} holds NaN or infinite values"):
+        load_model(tmp_path, "cpu")
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    config = micro_config()
+    _, _, good = _write(tmp_path, 1, config)
+
+    def full_disk(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    with pytest.raises(PaletteError, match=r"cannot write checkpoint .*step-000000002 \(No space left on device\); "
+                                           r"the previous checkpoint step-000000001 is intact"):
+        _write(tmp_path, 2, config)
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000000001"]
+
+
+def _hold_in_another_process(run_dir):
+    """A process that takes ``run_dir``'s lock and keeps it until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from palette.checkpoint import RunLock; "
+                               "lock = RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
+                               str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_run_folder_held_by_another_process_is_refused_with_its_holder(tmp_path):
+    holder = _hold_in_another_process(tmp_path)
+    try:
+        with pytest.raises(PaletteError, match=f"in use by another palette train \\(pid {holder.pid} on "
+                                               f"{socket.gethostname()} since "):
+            ckpt.RunLock(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with ckpt.RunLock(tmp_path):  # a holder that died, even by SIGKILL, leaves nothing that blocks
+        assert (tmp_path / "lock").read_text().startswith(f"pid {os.getpid()} on ")
+
+
+def test_the_holder_may_take_its_lock_again_and_lets_go_with_the_last_release(tmp_path):
+    first = ckpt.RunLock(tmp_path)
+    second = ckpt.RunLock(tmp_path)  # the command line, then the trainer
+    first.release()
+    probe = [sys.executable, "-c", "import sys; from palette.checkpoint import RunLock; RunLock(sys.argv[1])",
+             str(tmp_path)]
+    assert subprocess.run(probe, capture_output=True).returncode != 0  # still held
+    second.release()
+    assert subprocess.run(probe, capture_output=True).returncode == 0

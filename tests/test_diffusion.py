@@ -146,3 +146,45 @@ def test_ancestral_sampler_keeps_known_pixels_exactly():
     assert torch.equal(out * (1 - mask), known * (1 - mask))
     for y_t in seen:  # the network sees the clean known pixels, as in training
         assert torch.equal(y_t * (1 - mask), known * (1 - mask))
+
+
+def test_training_noise_levels_of_the_lowest_bucket_keep_their_noise():
+    """gamma in (1 - 1e-6, 1): in float32 many round to exactly 1 and y_t would carry no noise at all."""
+    lowest_bucket = NoiseSchedule(ScheduleConfig(1e-6, 1e-6, 1))  # gamma ~ U(1 - 1e-6, 1)
+    gamma = sample_gamma(lowest_bucket, 10_000, np.random.default_rng(0))
+    y0, eps = torch.zeros(10_000, 1), torch.ones(10_000, 1)
+    y_t = q_sample(y0, gamma, eps)[:, 0].double()
+    torch.testing.assert_close(y_t, (1 - gamma.double()).sqrt(), rtol=1e-6, atol=0)
+    assert y_t.min() > 0
+
+
+class _RecordingNet(torch.nn.Module):
+    """Returns the true noise inside the mask and garbage outside, and records what it was given."""
+
+    def __init__(self, eps, mask):
+        super().__init__()
+        self.eps, self.mask, self.seen = eps, mask, None
+
+    def forward(self, x, y_t, gamma):
+        self.seen = y_t.clone()
+        return self.eps * self.mask + 100.0 * (1 - self.mask)
+
+
+def test_training_loss_puts_the_known_pixels_clean_into_y_t_and_leaves_them_out_of_the_loss():
+    from conftest import micro_config
+    from palette.model import PaletteModel
+
+    torch.manual_seed(0)
+    y = torch.rand(2, 3, 8, 8) * 2 - 1
+    eps = torch.randn_like(y)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 1:5] = 1
+    model = PaletteModel(micro_config())
+    model.net = _RecordingNet(eps, mask)
+    gamma = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    losses = model.training_losses(y, y, mask, gamma=gamma, noise=eps)
+    assert torch.equal(losses, torch.zeros(2))  # the wrong predictions outside the mask cost nothing
+    known = (1 - mask).expand_as(y).bool()
+    assert torch.equal(model.net.seen[known], y[known])  # clean, not noised
+    hole = mask.expand_as(y).bool()
+    torch.testing.assert_close(model.net.seen[hole], q_sample(y, gamma, eps)[hole])

@@ -464,3 +464,55 @@ def test_a_launched_process_refuses_a_device_that_names_one_gpu_and_training_ign
     with caplog.at_level(logging.WARNING):  # a run started on cuda:1 resumes on several processes
         check_launched_device("cuda:1", strict=False)
     assert "names one GPU" in caplog.text
+
+
+def test_launched_processes_join_one_run_on_a_machine_without_a_gpu_whatever_the_device_flag(tmp_path):
+    """On a CPU machine --device auto (the default) is the CPU: the launched processes join one gloo group, as they do
+    with --device cpu, instead of each training alone into the same run folder."""
+    script = tmp_path / "join.py"
+    script.write_text(
+        "import sys, torch.distributed as dist\n"
+        "from palette.config import apply_overrides, preset\n"
+        "from palette.distributed import Processes\n"
+        "from palette.train import make_accelerator\n"
+        "if sys.argv[1] == 'train':\n"
+        "    group = make_accelerator(apply_overrides(preset('tiny'), ['train.device=auto'])).num_processes\n"
+        "else:\n"
+        "    group = Processes('auto').state.num_processes\n"
+        "sys.stdout.write(f'group of {group}, joined {dist.is_initialized()}\\n')  # one write: a shared pipe\n"
+        "dist.destroy_process_group()\n"
+    )
+    for command in ("train", "sample"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               command]
+        result = subprocess.run(cmd, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count("group of 2, joined True") == 2, result.stdout
+
+
+def test_processes_another_launcher_started_are_refused_with_what_to_run(monkeypatch, capsys, photo_dir, tmp_path):
+    from palette.distributed import check_launcher
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")  # srun -n 2 palette train ...
+    assert main(["train", *TRAIN, "--data", str(photo_dir), "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "this process is one of 2 started by srun (SLURM_STEP_NUM_TASKS=2)" in err and "torchrun" in err, err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # a one-task step is a plain run
+    check_launcher()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("WORLD_SIZE", "8")  # srun starting torchrun on 2 nodes: torchrun's variables join them
+    check_launcher()
+
+
+def test_a_launched_process_left_out_of_the_process_group_is_refused(monkeypatch):
+    from palette.distributed import check_joined
+    from palette.errors import PaletteError
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_joined(2)
+    with pytest.raises(PaletteError, match="this is process 1 of 2 started by a launcher .* joined a group of 1"):
+        check_joined(1)

@@ -1,6 +1,7 @@
 """``palette eval`` end to end on a micro model with random-weight backbones: outputs, resume, shards, caching."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def _eval(out, trained_run, listing, weights, *extra):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, trained_run, listing, random_weights_dir):
     out = tmp_path_factory.mktemp("eval")
-    assert _eval(out, trained_run, listing, random_weights_dir) == 0
+    assert _eval(out, trained_run, listing, random_weights_dir, "--label-space", "imagenet-1k") == 0
     return out
 
 
@@ -154,3 +155,47 @@ def test_eval_inputs_are_degraded_the_same_way_in_every_run(task):
     assert (first.x - (original * 2 - 1)).abs().mean() > 1e-3  # x is not the clean image
     if task in ("deblurring", "denoising"):  # parameters drawn per image index
         assert not torch.equal(first.x, other.x)
+
+
+def test_classification_accuracy_is_absent_with_the_reason_when_the_labels_are_not_imagenets(
+        trained_run, listing, random_weights_dir, tmp_path):
+    assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--metrics", "ca,psnr") == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(result["metrics"]) == {"psnr"}
+    assert "not known to be ImageNet-1k" in result["absent_metrics"]["ca"]
+
+
+def test_diversity_defaults_to_the_papers_pairs_and_says_so(trained_run, listing, random_weights_dir, tmp_path):
+    """With K = 3 samples the paper's MS-SSIM pairs (0, 1), (0, 2) and all pairs, with (1, 2) too, differ."""
+    from palette import metrics as MT
+
+    for diversity, pairs in (("paper", [(0, 1), (0, 2)]), ("all-pairs", [(0, 1), (0, 2), (1, 2)])):
+        out = tmp_path / diversity
+        assert _eval(out, trained_run, listing, random_weights_dir, "--num-samples", "3", "--metrics", "ms-ssim",
+                     "--diversity", diversity, "--batch-invariant") == 0
+        result = json.loads((out / "metrics.json").read_text())
+        expected = []
+        for item in P.folder_or_list(listing).items:
+            samples = [load_image(E.sample_paths(out, item, k), 3)[None] for k in range(3)]
+            expected.append(np.mean([float(MT.ms_ssim(samples[i], samples[j])) for i, j in pairs]))
+        assert result["metrics"]["ms-ssim_diversity"] == pytest.approx(np.mean(expected), rel=1e-5)
+        assert result["diversity"]["pairs"] == diversity
+        assert result["diversity"]["ms-ssim"] == MT.DIVERSITY_DESCRIPTIONS[MT.DIVERSITY_PAIRS[diversity]["ms-ssim"]]
+
+
+def test_a_protocols_own_reference_set_is_the_fid_reference_and_its_statistics_are_cached(
+        evaluated, trained_run, listing, photo_dir, random_weights_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PALETTE_CACHE_DIR", str(tmp_path / "cache"))
+    model = load_model(trained_run, "cpu")
+    reference = [P.EvalItem(p.stem, p) for p in sorted(photo_dir.iterdir())[:3]]
+    eval_set = P.EvalSet("toy", P.folder_or_list(listing).items, reference, reference_name="three photos")
+    options = E.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",))
+    first = E.compute_metrics(eval_set, options, evaluated, model.config.model.image_size, 3, progress=False)
+    again = E.compute_metrics(eval_set, options, evaluated, model.config.model.image_size, 3, progress=False)
+    assert first["reference"]["source"] == "three photos" and first["reference"]["n"] == 3
+    cache = Path(first["reference"]["statistics"])
+    assert cache.parent == tmp_path / "cache" / "reference-stats" and cache.is_file()
+    assert not first["reference"]["statistics_read_from_file"] and again["reference"]["statistics_read_from_file"]
+    assert again["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"])
+    own = json.loads((evaluated / "metrics.json").read_text())  # the evaluated originals as the reference
+    assert own["reference"]["n"] == 4 and first["metrics"]["fid"] != pytest.approx(own["metrics"]["fid"])

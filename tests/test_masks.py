@@ -76,3 +76,46 @@ def test_uncropping_sides_follow_the_paper_mix():
 def test_unknown_mask_name_is_an_error():
     with pytest.raises(ValueError, match="unknown mask"):
         M.named_mask("blob", 8, 8, np.random.default_rng(0))
+
+
+def test_training_free_form_masks_are_deepfillv2_brush_strokes():
+    """DeepFillv2's released generator: 1-3 strokes, each of 4-11 segments, 12-39 px wide at 256x256."""
+    rng = np.random.default_rng(6)
+    draws = [M.deepfill_strokes(256, 256, rng) for _ in range(400)]
+    assert {len(strokes) for strokes in draws} == {1, 2, 3}
+    assert {len(s.points) - 1 for strokes in draws for s in strokes} == set(range(4, 12))
+    assert {s.width for strokes in draws for s in strokes} <= set(range(12, 40))
+    assert all(0 <= x <= 256 and 0 <= y <= 256 for strokes in draws for s in strokes for x, y in s.points)
+
+
+def test_a_stroke_draws_its_window_of_angles_once():
+    """Each stroke's segments turn within one window [mean - U(0, range), mean + U(0, range)] (not each within the
+    full [mean - range, mean + range]): the spread of n uniform angles in a window of width U1 + U2 has mean
+    E[U1 + U2] (n - 1) / (n + 1) = range (n - 1) / (n + 1). Measured on a canvas so large nothing is clipped."""
+    rng = np.random.default_rng(7)
+    size = 100_000
+    spreads, expected = [], []
+    while len(spreads) < 300:
+        for stroke in M.deepfill_strokes(size, size, rng):
+            if any(not (0 < x < size and 0 < y < size) for x, y in stroke.points):
+                continue
+            steps = np.diff(np.array(stroke.points, dtype=float), axis=0)
+            angles = np.arctan2(steps[:, 1], steps[:, 0]) % (2 * np.pi)
+            unfolded = np.where(np.arange(len(angles)) % 2 == 0, 2 * np.pi - angles, angles)
+            unfolded = unfolded[np.linalg.norm(steps, axis=1) > 100]  # a length clipped to 0 has no direction
+            assert np.all(np.abs(unfolded - M.DEEPFILL_MEAN_ANGLE) <= M.DEEPFILL_ANGLE_RANGE + 1e-3)
+            spreads.append(unfolded.max() - unfolded.min())
+            n = len(unfolded)
+            expected.append(M.DEEPFILL_ANGLE_RANGE * (n - 1) / (n + 1))
+    standard_error = np.std(spreads) / np.sqrt(len(spreads))
+    assert abs(np.mean(spreads) - np.mean(expected)) < 4 * standard_error
+
+
+def test_a_free_form_mask_is_its_strokes_drawn():
+    strokes = M.deepfill_strokes(64, 96, np.random.default_rng(8))
+    mask = M.free_form_mask(64, 96, np.random.default_rng(8))
+    assert mask.shape == (64, 96) and np.array_equal(mask, M.draw_strokes(64, 96, strokes))
+    for stroke in strokes:
+        for x, y in stroke.points:
+            if x < 96 and y < 64:
+                assert mask[y, x]

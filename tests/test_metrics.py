@@ -181,3 +181,24 @@ def test_weights_download_checks_the_digest_and_leaves_nothing_behind_on_a_misma
     with pytest.raises(PaletteError, match="not 00000000"):
         W.download("resnet50", tmp_path / "weights", progress=False)
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [W.WEIGHTS["alexnet"].filename]
+
+
+def test_diversity_pairs_are_the_papers_or_all_pairs():
+    assert MT.consecutive(4) == [(0, 1), (1, 2), (2, 3)]  # LPIPS, as BicycleGAN
+    assert MT.first_to_others(4) == [(0, 1), (0, 2), (0, 3)]  # MS-SSIM
+    assert sorted(MT.all_pairs(4)) == [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    assert MT.DIVERSITY_PAIRS["paper"] == {"lpips": MT.consecutive, "ms-ssim": MT.first_to_others}
+    assert MT.consecutive(1) == MT.first_to_others(1) == MT.all_pairs(1) == []
+
+
+def test_mean_over_pairs_averages_the_distance_over_the_given_pairs():
+    values = [0.0, 1.0, 3.0, 6.0]
+    samples = torch.tensor(values).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+
+    def distance(a, b):
+        return (a - b).abs().flatten(1).mean(1)
+
+    for pairs in (MT.consecutive(4), MT.first_to_others(4), MT.all_pairs(4)):
+        expected = np.mean([abs(values[i] - values[j]) for i, j in pairs])
+        assert MT.mean_over_pairs(samples, distance, pairs) == pytest.approx(expected)
+    assert MT.mean_over_pairs(samples, distance, MT.consecutive(4)) != MT.pairwise_mean(samples, distance)

@@ -51,15 +51,6 @@ def test_places10k_refuses_a_list_with_too_few_images_per_class(tmp_path):
         P.places10k_entries(_places_list(tmp_path / "short.txt", per_class=20))
 
 
-def test_fid5k_evaluates_the_first_5000_sorted_images_against_the_next_5000(tmp_path):
-    listing = tmp_path / "val.txt"
-    names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 10_051)]
-    listing.write_text("\n".join(f"{n} {i % 1000}" for i, n in enumerate(reversed(names))))
-    protocol = P.fid5k(listing)
-    assert [i.path.name for i in protocol.items] == names[:5000]
-    assert [i.path.name for i in protocol.reference] == names[5000:10_000]
-
-
 @pytest.mark.parametrize("name,low,high", [("freeform-10-20", 0.1, 0.2), ("freeform-20-30", 0.2, 0.3),
                                            ("freeform-30-40", 0.3, 0.4)])
 def test_evaluation_masks_have_their_coverage_and_are_the_same_in_every_run(name, low, high):
@@ -98,3 +89,103 @@ def test_list_labels_must_be_integers(tmp_path):
     (tmp_path / "list.txt").write_text("a.png 3\nb.png cat\n")
     with pytest.raises(PaletteError, match="line 2"):
         P.folder_or_list(tmp_path / "list.txt")
+
+
+@pytest.fixture(scope="module")
+def imagenet_val(tmp_path_factory, fid5k_dir):
+    """An ImageNet validation folder of empty files: ctest10k's in their class folders, ColTran's FID-5K images half
+    in class folders (wnid chosen by image number) and half flat, and two images neither list names."""
+    root = tmp_path_factory.mktemp("imagenet_val")
+    wnids = P.imagenet_wnids()
+    for name, _ in P.ctest10k_entries():
+        (root / name.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / name.lstrip("/")).touch()
+    in_ctest10k = {name.split("/")[-1] for name, _ in P.ctest10k_entries()}
+    evaluated, reference = P.coltran_fid5k_names(fid5k_dir)
+    for i, name in enumerate(evaluated + reference + ["ILSVRC2012_val_00050001.JPEG", "ILSVRC2012_val_00050002.JPEG"]):
+        if name not in in_ctest10k:
+            number = int(name[len("ILSVRC2012_val_"):-len(".JPEG")])
+            folder = root / wnids[number % 1000] if i % 2 == 0 else root
+            folder.mkdir(exist_ok=True)
+            (folder / name).touch()
+    return root
+
+
+def test_imagenet_labels_index_the_sorted_class_folders_as_ctest10k_says():
+    wnids = P.imagenet_wnids()
+    assert len(wnids) == 1000 and wnids == sorted(wnids)
+    assert all(label == wnids.index(name.split("/")[1]) for name, label in P.ctest10k_entries()[:50])
+
+
+@pytest.fixture(scope="module")
+def fid5k_dir(tmp_path_factory):
+    return fid5k_lists(tmp_path_factory.mktemp("fid5k"))
+
+
+def fid5k_lists(folder):
+    """Stand-ins for big_vision's two lists, in its layout: 5,000 names each, in a read order that is not sorted."""
+    order = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in np.random.default_rng(5).permutation(50_000) + 1]
+    for name, names in zip(P.FID5K_LIST_FILES, (order[:5000], order[10_000:15_000])):
+        (folder / name).write_text("\n".join(names) + "\n")
+    return folder
+
+
+def test_fid5k_reads_coltrans_lists_from_the_cache_folder_in_their_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("PALETTE_CACHE_DIR", str(tmp_path))
+    with pytest.raises(PaletteError, match="big_vision.*--fid5k-lists"):
+        P.coltran_fid5k_names()
+    fid5k_lists((tmp_path / "fid5k").mkdir() or tmp_path / "fid5k")
+    evaluated, reference = P.coltran_fid5k_names()
+    written = (tmp_path / "fid5k" / "eval_file_names.txt").read_text().split()
+    assert evaluated == written and evaluated != sorted(evaluated)  # the file's (read) order, not name order
+    assert len(reference) == 5000 and not set(evaluated) & set(reference)
+    (tmp_path / "fid5k" / "reference_file_names.txt").write_text("\n".join(evaluated[:4999]))
+    with pytest.raises(PaletteError, match="5000 distinct images, this one 4999"):
+        P.coltran_fid5k_names()
+
+
+def test_fid5k_resolves_its_lists_in_any_layout_with_labels_from_class_folders(imagenet_val, fid5k_dir):
+    protocol = P.resolve("fid5k", imagenet_val, fid5k_lists=fid5k_dir)
+    evaluated, reference = P.coltran_fid5k_names(fid5k_dir)
+    assert [i.path.name for i in protocol.items] == evaluated
+    assert [i.path.name for i in protocol.reference] == reference
+    wnids = P.imagenet_wnids()
+    for item in protocol.items[:200]:
+        in_class_folder = item.path.parent != imagenet_val
+        assert item.label == (wnids.index(item.path.parent.name) if in_class_folder else None)
+    assert protocol.label_space == P.IMAGENET_1K
+    unlabelled = sum(i.label is None for i in protocol.items)
+    assert 0 < unlabelled < 5000
+    assert f"{unlabelled} of 5000 images have no label" in P.classification_unavailable(protocol)
+
+
+def test_ctest10k_fid_reference_is_the_whole_validation_folder(imagenet_val):
+    protocol = P.resolve("ctest10k", imagenet_val)
+    every_image = sorted(p for p in imagenet_val.rglob("*.JPEG"))
+    assert sorted(i.path for i in protocol.reference) == every_image
+    assert len(protocol.reference) > len(protocol.items) == 10_000
+    assert protocol.label_space == P.IMAGENET_1K and P.classification_unavailable(protocol) is None
+
+
+def test_places10k_fid_reference_is_every_listed_validation_image_and_its_labels_are_not_imagenets(tmp_path):
+    listing = _places_list(tmp_path / "places365_val.txt", per_class=31)
+    names = [line.split()[0] for line in listing.read_text().splitlines()]
+    for name in names:
+        (tmp_path / name).touch()
+    protocol = P.resolve("places10k", tmp_path)
+    assert sorted(i.path.name for i in protocol.reference) == sorted(names)
+    assert len(protocol.items) == 10_950
+    assert protocol.label_space == P.PLACES365
+    assert "Places365" in P.classification_unavailable(protocol)
+
+
+def test_a_plain_lists_labels_count_for_classification_only_when_their_classes_are_given(tmp_path):
+    (tmp_path / "list.txt").write_text("a.png 3\nb.png 7\n")
+    assert "not known to be ImageNet-1k" in P.classification_unavailable(P.resolve(None, tmp_path / "list.txt"))
+    labelled = P.resolve(None, tmp_path / "list.txt", label_space="imagenet-1k")
+    assert P.classification_unavailable(labelled) is None
+
+
+def test_a_label_space_that_contradicts_the_protocol_is_an_error(imagenet_val):
+    with pytest.raises(PaletteError, match="--label-space places365"):
+        P.resolve("ctest10k", imagenet_val, label_space="places365")

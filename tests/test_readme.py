@@ -54,7 +54,13 @@ def test_the_readme_shows_commands_of_every_kind():
 def test_a_readme_command_uses_flags_and_config_keys_that_exist(command, rest):
     parsers = _subparsers()
     assert command in parsers, f"palette {command}: no such subcommand"
-    flags = set(parsers[command]._option_string_actions)
+    parser = parsers[command]
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if nested:  # a command group such as `palette study create`
+        sub = rest.split()[0] if rest.split() else ""
+        assert sub in nested[0].choices, f"palette {command} {sub}: no such subcommand"
+        parser = nested[0].choices[sub]
+    flags = set(parser._option_string_actions)
     for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest):
         assert flag in flags, f"palette {command} has no {flag}"
     for override in re.findall(r"(?<![\w./-])([a-z_]+\.[a-z_]+=[^\s`]+)", rest):

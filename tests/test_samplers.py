@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from palette.diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule, ancestral_sample
+from palette.config import apply_overrides
+from palette.diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule, ancestral_sample, ddim_sample
+from palette.errors import PaletteError
 from palette.model import PaletteModel
-from palette.samplers import SAMPLERS, make_scheduler, scheduler_sample
+from palette.samplers import SAMPLERS, SOLVERS, make_scheduler, scheduler_sample
 
 from conftest import micro_config
 
@@ -55,7 +57,7 @@ def test_ancestral_equals_diffusers_ddpm_with_the_papers_variance(model, steps):
     torch.testing.assert_close(ours[-1], out.pred_original_sample if steps < 1000 else theirs[-1], atol=2e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", [s for s in SAMPLERS if s != "ancestral"])
+@pytest.mark.parametrize("name", SOLVERS)
 @pytest.mark.parametrize("steps", [1, 2, 20])
 def test_each_solver_equals_a_plain_loop_over_diffusers_step(model, name, steps):
     x, noise = _inputs()
@@ -70,10 +72,99 @@ def test_each_solver_equals_a_plain_loop_over_diffusers_step(model, name, steps)
         for t in reference.timesteps:
             gamma = torch.full((2,), float(reference.alphas_cumprod[t].double()))
             kwargs = {"generator": gens} if name == "dpmpp-2m-sde" else {}
-            if name == "ddim":
-                kwargs["use_clipped_model_output"] = True  # palette's choice: eps from the clipped y0
             y = reference.step(model.net(x, y, gamma), t, y, **kwargs).prev_sample
     torch.testing.assert_close(ours, y, atol=1e-6, rtol=0)
+
+
+# not (1.0, 2): there diffusers' float32 sqrt(1 - g_prev - sigma^2) cancels to noise (~2e-4 instead of 3e-8)
+@pytest.mark.parametrize("eta,steps", [(0.0, 1), (0.0, 2), (0.0, 20), (1.0, 1), (1.0, 20)])
+def test_ddim_equals_diffusers_ddim_where_its_stride_is_right(model, eta, steps):
+    """Where N divides T, diffusers' DDIM (eps from the clipped y0, alpha_0 = 1) steps between palette's levels."""
+    from diffusers import DDIMScheduler
+
+    x, noise = _inputs()
+    ours = ddim_sample(model.net, x, NoiseSchedule(INFERENCE_SCHEDULE).respaced(steps), noise, eta=eta,
+                       generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    reference = DDIMScheduler(num_train_timesteps=1000, trained_betas=np.linspace(1e-4, 0.09, 1000),
+                              clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
+    reference.set_timesteps(steps)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    y = noise.clone()
+    with torch.no_grad():
+        for t in reference.timesteps:
+            gamma = torch.full((2,), float(reference.alphas_cumprod[t].double()))
+            y = reference.step(model.net(x, y, gamma), t, y, eta=eta, use_clipped_model_output=True,
+                               generator=gens).prev_sample
+    torch.testing.assert_close(ours, y, atol=2e-5, rtol=0)
+
+
+class _Oracle(torch.nn.Module):
+    """The exact noise predictor of a known target y0: eps = (y_t - sqrt(g) y0) / sqrt(1 - g), in float64."""
+
+    def __init__(self, y0):
+        super().__init__()
+        self.y0, self.levels = y0, []
+
+    def forward(self, x, y_t, gamma):
+        self.levels.append(float(gamma[0]))
+        g = gamma.double().reshape(-1, 1, 1, 1)
+        return ((y_t.double() - g.sqrt() * self.y0.double()) / (1 - g).sqrt()).float()
+
+
+def _oracle_model(y0, *overrides):
+    model = PaletteModel(micro_config(*overrides))
+    model.net = _Oracle(y0)
+    return model
+
+
+@pytest.mark.parametrize("schedule", ["inference", "training"])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_with_an_exact_denoiser_returns_the_target_at_every_step_count(name, schedule):
+    """The last step must land on gamma_0 = 1 for any N (diffusers' DDIM stopped short for 45 of N = 1..100).
+
+    The tolerance is 1e-6 plus float32's floor: y_t carries y0 as sqrt(gamma) y0 next to O(1) noise, so the last
+    evaluation (at gamma_last) cannot see y0 closer than a float32 rounding of y_t divided by sqrt(gamma_last).
+    """
+    y0 = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 1.8 - 0.9
+    model = _oracle_model(y0)
+    for steps in range(1, 101):
+        model.net.levels.clear()
+        out = model.sample(y0, steps=steps, sampler=name, schedule=schedule, seeds=[steps])
+        tolerance = 1e-6 + 1e-6 / model.net.levels[-1] ** 0.5
+        error = (out - y0).abs().max().item()
+        assert error <= tolerance, f"{name}, {schedule} schedule, {steps} steps: error {error:.2e}"
+        assert len(model.net.levels) == steps
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_clip_denoised_false_reaches_targets_outside_the_unit_range_in_every_sampler(name):
+    y0 = torch.full((1, 3, 4, 4), 3.0)
+    clipped = _oracle_model(y0).sample(y0, steps=10, sampler=name, schedule="training")
+    assert clipped.abs().max() <= 1 + 1e-6
+    free = _oracle_model(y0, "diffusion.clip_denoised=false").sample(y0, steps=10, sampler=name, schedule="training")
+    torch.testing.assert_close(free, y0, atol=1e-4, rtol=0)
+
+
+def test_ddim_eta_1_adds_ddpm_posterior_variance_in_one_step():
+    """One DDIM step from gamma_t to gamma_s < 1 with eta = 1 has variance (1 - g_s) / (1 - g_t) (1 - g_t / g_s)."""
+    levels = np.array([1.0, 0.5, 0.2])
+    y0 = torch.zeros(1, 1, 128, 128)
+    seen = []
+    ddim_sample(_Oracle(y0), y0, levels, torch.zeros_like(y0), eta=1.0, clip_denoised=False,
+                generator=torch.Generator().manual_seed(0), callback=lambda i, n, y, _: seen.append(y.clone()))
+    # y_T = 0 and y0 = 0: the deterministic part is 0, what remains after the first step is sigma z
+    expected = (1 - 0.5) / (1 - 0.2) * (1 - 0.2 / 0.5)
+    assert seen[0].var().item() == pytest.approx(expected, rel=0.03)
+    assert expected < 1 - 0.2 / 0.5  # below the paper's ancestral variance beta = 1 - alpha
+
+
+@pytest.mark.parametrize("name", [s for s in SAMPLERS if s != "ddim"])
+def test_eta_is_refused_by_the_samplers_that_would_ignore_it(model, name):
+    x, _ = _inputs(1)
+    with pytest.raises(ValueError, match="eta"):
+        model.sample(x, steps=2, sampler=name, eta=0.5)
+    with pytest.raises(PaletteError, match="eta"):
+        apply_overrides(micro_config(), [f"diffusion.sampler={name}", "diffusion.eta=0.5"]).validate()
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -96,22 +187,24 @@ def test_any_step_count_from_1_to_1000_samples(model, name, steps):
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_same_seed_same_sample_and_batch_matches_alone(model, name):
     x, _ = _inputs(3)
-    a = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=1.0)
-    b = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=1.0)
-    alone = model.sample(x[1:2], steps=6, sampler=name, seeds=[6], eta=1.0)
+    eta = 1.0 if name == "ddim" else 0.0
+    a = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=eta)
+    b = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=eta)
+    alone = model.sample(x[1:2], steps=6, sampler=name, seeds=[6], eta=eta)
     assert torch.equal(a, b)
     # per-image generators: the batch changes nothing but the floating-point order of the convolutions
     torch.testing.assert_close(a[1:2], alone, atol=1e-4, rtol=0)
-    c = model.sample(x, steps=6, sampler=name, seeds=[8, 9, 10], eta=1.0)
+    c = model.sample(x, steps=6, sampler=name, seeds=[8, 9, 10], eta=eta)
     assert not torch.equal(a, c)  # another seed, another y_T
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_batch_invariant_sampling_is_bit_identical_alone_and_in_a_batch(model, name):
     x, _ = _inputs(3)
-    batch = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=1.0, batch_invariant=True)
+    eta = 1.0 if name == "ddim" else 0.0
+    batch = model.sample(x, steps=6, sampler=name, seeds=[5, 6, 7], eta=eta, batch_invariant=True)
     for i, seed in enumerate((5, 6, 7)):
-        alone = model.sample(x[i : i + 1], steps=6, sampler=name, seeds=[seed], eta=1.0, batch_invariant=True)
+        alone = model.sample(x[i : i + 1], steps=6, sampler=name, seeds=[seed], eta=eta, batch_invariant=True)
         assert torch.equal(batch[i : i + 1], alone)
 
 
@@ -151,6 +244,7 @@ def test_deterministic_solvers_agree_with_many_steps(model):
     x, noise = _inputs()
     schedule = NoiseSchedule(TRAINING_SCHEDULE)
     outs = {name: scheduler_sample(model.net, x, make_scheduler(name, schedule), 400, noise)
-            for name in ("ddim", "dpmpp-2m", "unipc")}
+            for name in ("dpmpp-2m", "unipc")}
+    outs["ddim"] = ddim_sample(model.net, x, schedule.respaced(400), noise)
     assert (outs["ddim"] - outs["dpmpp-2m"]).abs().mean() < 0.02
     assert (outs["unipc"] - outs["dpmpp-2m"]).abs().mean() < 0.02

@@ -1,4 +1,5 @@
-"""Training: exact resume, NaN stop, warm-up, EMA, logs, and an overfit check of the whole pipeline."""
+"""Training: exact resume, NaN stop, warm-up, EMA, logs, an overfit check of the whole pipeline, and failures that end
+the process (loader workers included) with the last checkpoint intact."""
 
 import math
 
@@ -254,3 +255,85 @@ def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path
     assert main(["train", *flags, "--steps", str(step + 2)]) == 0  # --auto-resume finds the checkpoint
     assert ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step + 2
     assert f"resumed {run_dir} at step {step}" in log.read_text()
+
+
+# A training process whose step fails while loader workers are alive (they ignore SIGTERM); a full disk makes
+# safetensors fail on the fourth file written, the model weights of the second checkpoint.
+FAULTS = {
+    "an error in a training step": """
+from palette.train import Trainer
+real_step = Trainer.train_step
+def failing_step(self, micro_batches):
+    if self.step == 1:
+        raise RuntimeError("injected failure of step 1")
+    return real_step(self, micro_batches)
+Trainer.train_step = failing_step
+""",
+    "a full disk at the second checkpoint": """
+import errno, os
+from palette import checkpoint
+real_save = checkpoint.save_file
+written = []
+def filling_save(tensors, path, metadata=None):
+    written.append(path)
+    if len(written) > 3:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return real_save(tensors, path, metadata=metadata)
+checkpoint.save_file = filling_save
+""",
+}
+
+
+def _train_with_fault(fault: str, run_dir, photo_dir) -> tuple[int, str, int]:
+    """``palette train`` with two loader workers, in a session of its own, after ``fault`` (Python source) ran in its
+    process: (exit code, stderr, the session's process group). A process that hangs fails the test at the timeout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import MICRO
+
+    runner = "import sys; exec(sys.argv[1]); from palette.cli import main; sys.exit(main(sys.argv[2:]))"
+    argv = ["train", "--task", "inpainting", "--data", str(photo_dir), "--out", str(run_dir), "--preset", "tiny",
+            "--image-size", "16", "--steps", "4", "--no-progress",
+            *[o for o in MICRO if not o.startswith("model.image")], "data.num_workers=2",
+            "train.micro_batch_size=1", "train.checkpoint_every=1"]  # 4 micro-batches a step: both workers busy
+    proc = subprocess.Popen([sys.executable, "-c", runner, fault, *argv], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("the failed training process did not exit") from None
+    return proc.returncode, err, proc.pid
+
+
+def _group_is_gone(group: int) -> bool:
+    import os
+
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_an_error_while_loader_workers_run_ends_the_process_and_its_workers(tmp_path, photo_dir):
+    code, err, group = _train_with_fault(FAULTS["an error in a training step"], tmp_path / "run", photo_dir)
+    assert code != 0 and "injected failure of step 1" in err, err[-3000:]
+    assert _group_is_gone(group)  # no worker outlives the training process
+
+
+def test_a_full_disk_at_a_checkpoint_ends_the_run_with_one_line_and_keeps_the_previous_checkpoint(tmp_path,
+                                                                                                photo_dir):
+    run = tmp_path / "run"
+    code, err, group = _train_with_fault(FAULTS["a full disk at the second checkpoint"], run, photo_dir)
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert (f"palette train: error: cannot write checkpoint {run / 'checkpoints' / 'step-000000002'} (No space left "
+            "on device); the previous checkpoint step-000000001 is intact") in err
+    assert _group_is_gone(group)
+    assert (run / "checkpoints" / "latest").read_text() == "step-000000001"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000000001"]
+    ckpt.read_training_state(ckpt.latest_checkpoint(run))

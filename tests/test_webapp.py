@@ -56,9 +56,11 @@ def server(trained_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bare_server(tmp_path_factory):
-    """No checkpoint, and a limit of 1000 pixels per image."""
-    proc, url, log = _start(tmp_path_factory, "--max-pixels", 1000)
+def bare_server(tmp_path_factory, trained_run):
+    """No checkpoint, loading allowed from a folder holding a copy of the run, and a limit of 1000 pixels per image."""
+    allowed = tmp_path_factory.mktemp("allowed")
+    shutil.copytree(trained_run, allowed / "run")
+    proc, url, log = _start(tmp_path_factory, "--max-pixels", 1000, "--allow-load", allowed)
     yield url, log
     proc.terminate()
     proc.wait(timeout=30)
@@ -118,14 +120,36 @@ def test_a_non_image_upload_shows_an_error_and_the_app_survives(page, server, tm
     urllib.request.urlopen(server[0], timeout=5)  # still serving
 
 
+def test_a_second_visitor_sees_the_queue_and_runs_once_the_first_stops(server, browser, photo_dir):
+    first, second = (browser.new_page(viewport={"width": 1300, "height": 1100}) for _ in range(2))
+    for page in (first, second):
+        page.goto(server[0])
+        page.locator("#upload input[type=file]").set_input_files(str(photo_dir / "chelsea.png"))
+        page.get_by_label("jpeg", exact=True).check()
+    for name, value in (("samples", "8"), ("steps", "1000")):  # long enough to queue behind: until Stop
+        number = first.locator(f"#{name} input[type=number]")
+        number.fill(value)
+        number.press("Enter")
+    first.locator("#run").click()
+    first.get_by_text("sampling: step").first.wait_for(timeout=60_000)
+    second.locator("#run").click()
+    second.get_by_text("queue").first.wait_for(timeout=30_000)  # Gradio's queue position: queue: 1/1
+    first.locator("#stop").click()
+    second.wait_for_function("document.querySelectorAll('#gallery img').length >= 2", timeout=120_000)
+    assert first.locator("#gallery img").count() == 0
+    first.close()
+    second.close()
+
+
 def test_without_a_checkpoint_the_page_asks_for_one_and_loads_it(bare_server, browser, trained_run, photo_dir,
                                                                    tmp_path):
     page = browser.new_page(viewport={"width": 1300, "height": 1100})
     page.goto(bare_server[0])
-    page.get_by_text("No checkpoint is loaded").first.wait_for(timeout=30_000)
+    page.get_by_text("No model is loaded yet").first.wait_for(timeout=30_000)
     page.locator("#upload input[type=file]").set_input_files(str(photo_dir / "chelsea.png"))  # 48x40 > 1000 px
     page.get_by_text("the limit is 1,000 pixels").first.wait_for(timeout=30_000)
-    page.get_by_label("checkpoint").fill(str(trained_run))
+    page.get_by_label("checkpoint").click()
+    page.get_by_role("option", name="run", exact=True).click()
     page.get_by_role("button", name="Load").click()
     page.get_by_text("Loaded a multi model").first.wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)

@@ -4,8 +4,10 @@
     model = Palette.load("runs/inpaint", device="cpu")
     samples = model.inpaint(image, mask, num_samples=3, sampler="dpmpp-2m", steps=20, seed=0)
 
-Images may be PIL images, numpy arrays (H, W) or (H, W, C) of uint8, uint16 or floats in [0, 1], or tensors (C, H, W)
-in [0, 1]; a list, a (B, H, W, C) array or a (B, C, H, W) tensor is a batch. Any size works: each image is resized to
+Images may be PIL images, numpy arrays (H, W) or (H, W, C) of uint8, uint16 or floats in [0, 1], tensors (C, H, W)
+of uint8 or floats in [0, 1], or paths of image files; a list, a (B, H, W, C) array or a (B, C, H, W) tensor is a batch.
+Anything else (floats outside [0, 1] such as 0..255, NaN, other integer types, an empty image, more pixels than
+``max_pixels``) is a PaletteError naming the argument. Any size works: each image is resized to
 the model's size, sampled, and the samples resized back to the image's size (times the factor for
 super-resolution); for inpainting and uncropping the
 pixels outside the mask are the input's own, exactly (no tiling yet). Each input gives a list of ``num_samples``
@@ -32,34 +34,80 @@ from .sampling import (
     network_calls,
     tile_overlap_of,
     sample_conditions,
+    check_seed,
 )
-from .imagefile import to_pil
+from .imagefile import DEFAULT_MAX_PIXELS, check_pixels, to_pil
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 
 
-def _one_image(image: ImageLike, channels: int) -> torch.Tensor:
-    """A single image as a (channels, H, W) float tensor in [0, 1]."""
+FLOAT_TOLERANCE = 1e-4  # floats this far outside [0, 1] are rounding, clipped; farther, an error
+
+
+def _unit_values(array: np.ndarray, name: str) -> np.ndarray:
+    """uint8 and uint16 values scaled to [0, 1]; floats checked to be finite and in [0, 1]; float32."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535
+    if not np.issubdtype(array.dtype, np.floating):
+        hint = (", e.g. array.astype(np.uint8) for values 0..255" if np.issubdtype(array.dtype, np.integer)
+                and 0 <= array.min() and array.max() <= 255 else "")
+        raise PaletteError(f"{name}: {array.dtype} values are ambiguous; give uint8 (0..255), uint16 (0..65535) or "
+                           f"floats in [0, 1]{hint}")
+    if not np.isfinite(array).all():
+        raise PaletteError(f"{name} holds NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+        hint = "; for 0..255 values divide by 255 or give uint8" if low >= 0 and high <= 255 else ""
+        raise PaletteError(f"{name}: float values must be in [0, 1], got {low:g} to {high:g}{hint}")
+    return np.clip(array.astype(np.float32), 0, 1)
+
+
+def _one_image(image: ImageLike, channels: int, name: str = "images",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """A single image as a (channels, H, W) float tensor in [0, 1]; ``name`` is the argument in messages."""
     if isinstance(image, (str, Path)):
-        return load_image(image, channels)
+        try:
+            return load_image(image, channels, max_pixels)
+        except FileNotFoundError:
+            raise PaletteError(f"{name}: {image}: no such file") from None
+        except (OSError, ValueError) as err:
+            raise PaletteError(f"{name}: {image} cannot be read as an image ({err})") from None
     if isinstance(image, Image.Image):
-        return image_to_tensor(image, channels)
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.dtype == np.uint8:
-            array = array.astype(np.float32) / 255
-        elif array.dtype == np.uint16:
-            array = array.astype(np.float32) / 65535
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-    elif torch.is_tensor(image):
-        tensor = image.detach().float().cpu()
-        tensor = tensor[None] if tensor.dim() == 2 else tensor
+        if image.mode != "F":  # F holds floats of any range: checked as arrays are
+            width, height = image.size
+            if width and height:
+                check_pixels(name, width, height, max_pixels)  # before the pixels of a lazily opened file are decoded
+                return image_to_tensor(image, channels)
+        image = np.asarray(image, dtype=np.float32)
+    if torch.is_tensor(image):
+        tensor = image.detach().cpu()
+        array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+        array = array[None] if array.ndim == 2 else array  # (C, H, W)
+    elif isinstance(image, np.ndarray):
+        array = image[:, :, None] if image.ndim == 2 else image
+        array = array.transpose(2, 0, 1) if array.ndim == 3 else array  # (C, H, W)
     else:
-        raise PaletteError(f"expected a PIL image, a numpy array, a tensor or a path, got {type(image).__name__}")
-    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
-        raise PaletteError(f"an image must have 1, 3 or 4 channels, got shape {tuple(tensor.shape)}")
-    return match_channels(tensor[:3].clamp(0, 1), channels)
+        raise PaletteError(f"{name}: expected a PIL image, a numpy array, a tensor or a path, got "
+                           f"{type(image).__name__}")
+    if array.ndim != 3 or array.shape[0] not in (1, 3, 4):
+        raise PaletteError(f"{name}: an image must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
+    height, width = array.shape[1:]
+    if not (height and width):
+        raise PaletteError(f"{name}: an empty {width}x{height} image")
+    check_pixels(name, width, height, max_pixels)
+    tensor = torch.from_numpy(np.ascontiguousarray(_unit_values(array[:3], name)))
+    return match_channels(tensor, channels)
+
+
+def _whole(value: Any, name: str, low: int | None = None) -> int:
+    """``value`` if it is a whole number (not a bool, not 2.5) of at least ``low``, else a PaletteError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise PaletteError(f"{name} must be a whole number, got {value!r}")
+    if low is not None and value < low:
+        raise PaletteError(f"{name} must be at least {low}, got {value}")
+    return int(value)
 
 
 def _as_list(images: ImageLike) -> tuple[list, bool]:
@@ -103,15 +151,21 @@ def _counter(progress: Callable[[int, int], None] | None, total: int) -> Callabl
 
 
 class Palette:
-    """A trained Palette model with one method per task."""
+    """A trained Palette model with one method per task.
 
-    def __init__(self, model: PaletteModel):
+    ``max_pixels`` is the most pixels an input may have (image files are checked from their header, before
+    decoding); None lifts palette's own limit.
+    """
+
+    def __init__(self, model: PaletteModel, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.model = model.eval()
+        self.max_pixels = max_pixels
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", use_ema: bool = True) -> "Palette":
+    def load(cls, path: str | Path, device: str = "auto", use_ema: bool = True,
+             max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Palette":
         """A run folder (its latest EMA weights), a checkpoint folder or a ``.safetensors`` file."""
-        return cls(load_model(path, device, use_ema))
+        return cls(load_model(path, device, use_ema), max_pixels)
 
     @property
     def config(self):
@@ -146,7 +200,7 @@ class Palette:
 
         ``mask`` (inpainting): an array or PIL image of the image's size, nonzero where the model fills, or a mask
         name (``center``, ``freeform-20-30``, ...); for a batch, one mask for all or a list. ``side`` (uncropping):
-        left, right, top, bottom or all. Sample k of every input uses seed ``seed + k``.
+        left, right, top, bottom or all. Sample k of input i is seeded by (``seed``, i, k), so inputs never share noise.
         ``progress(done, total)`` is called after every network evaluation. ``batch_invariant=True`` makes each
         sample bit-identical to the same input sampled alone (the network then runs one image at a time).
         ``tile=True`` samples each image at its own size in overlapping tiles of the model's size, blended at every
@@ -162,16 +216,20 @@ class Palette:
             raise PaletteError(f"{len(masks)} masks for {len(items)} images")
         if task == "inpainting" and any(m is None for m in masks):
             raise PaletteError("inpainting needs a mask: an array of the image's size (nonzero = fill) or a name")
-        steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="")
+        num_samples, batch_size = _whole(num_samples, "num_samples", 1), _whole(batch_size, "batch_size", 1)
+        steps = None if steps is None else _whole(steps, "steps")  # its range: check_sampling_args
+        overlap = None if overlap is None else _whole(overlap, "overlap", 0)
+        seed = check_seed(seed)
+        steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="", eta=eta)
         tile_overlap = tile_overlap_of(self.model, tile, overlap, flag="")
         channels = self.config.model.condition_channels
         conditions = []
-        for item, m in zip(items, masks):
-            image = _one_image(item, channels)
+        for index, (item, m) in enumerate(zip(items, masks)):
+            image = _one_image(item, channels, f"images[{index}]" if batched else "images", self.max_pixels)
             m = None if m is None else _mask_array(m, tuple(image.shape[1:]))
             try:
-                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, 0]), m, side,
-                                                 tile_overlap))
+                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, index]), m,
+                                                 side, tile_overlap))
             except ValueError as err:
                 raise PaletteError(str(err)) from None
         total = network_calls(conditions, num_samples, batch_size, steps)
@@ -209,7 +267,11 @@ class Palette:
 
         if output not in ("pil", "tensor"):
             raise PaletteError(f"output must be 'pil' or 'tensor', got {output!r}")
-        picture = _one_image(image, self.config.model.channels)
+        extend = _whole(extend, "extend", 1)
+        sampling["seed"] = check_seed(sampling.get("seed", 0))
+        if sampling.get("steps") is not None:
+            sampling["steps"] = _whole(sampling["steps"], "steps")
+        picture = _one_image(image, self.config.model.channels, "image", self.max_pixels)
         steps = sampling.get("steps") or self.config.diffusion.sample_steps
         out = extend_image(self.model, picture, extend, direction, on_step=_counter(progress, extend * steps),
                            **sampling)

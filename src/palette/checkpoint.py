@@ -4,27 +4,39 @@ A run folder holds ``checkpoints/step-NNNNNNNNN/`` with ``model.safetensors``, `
 resolved config as JSON in their metadata) and ``state.safetensors`` (optimizer moments as tensors, the rest of the
 training state as JSON metadata). A checkpoint folder is first written under a temporary name and renamed when
 complete, then ``checkpoints/latest`` is replaced atomically: killing the process at any moment leaves the last
-good checkpoint loadable.
+good checkpoint loadable. ``latest`` names a folder of ``checkpoints/`` and nothing else, and weights that hold NaN or
+infinity are refused when read.
+
+One process writes a run folder: it holds ``RUN/lock`` (an operating-system lock that ends with the process, however
+it ends) while it trains, and a second ``palette train`` on the same folder is refused with the holder's name.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import Config
 from .errors import PaletteError
 
+log = logging.getLogger(__name__)
+
 FORMAT = "palette-1"
 WEIGHT_FILES = ("ema.safetensors", "model.safetensors")
+STEP_DIR = re.compile(r"step-\d{9}")
+LOCK_FILE = "lock"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -85,7 +97,17 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises several types for a file that is not its format
         raise PaletteError(f"checkpoint {path} is not a readable safetensors file ({err})") from None
+    check_finite(tensors, path)
     return tensors, metadata
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights with a NaN or an infinity sample garbage (all-black images) without any error: refuse them, naming the
+    first such tensor."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise PaletteError(f"checkpoint {path}: tensor {name} holds NaN or infinite values; the weights are "
+                               "damaged (use an earlier checkpoint of the run)")
 
 
 def config_of(metadata: dict[str, str], path: Path) -> Config:
@@ -133,12 +155,31 @@ def write_checkpoint(
     training: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write a complete checkpoint folder atomically and point ``latest`` at it; keep the newest ``keep``."""
+    """Write a complete checkpoint folder atomically and point ``latest`` at it; keep the newest ``keep``.
+
+    A write that fails (a full disk) leaves the previous checkpoint and ``latest`` as they were and raises a
+    PaletteError that says so."""
     root = Path(run_dir) / "checkpoints"
+    final = root / step_dir_name(step)
+    try:
+        _write_checkpoint_folder(root, final, step, model, ema, optimizer, config, training)
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as a SafetensorError
+        previous = latest_checkpoint(run_dir)
+        raise PaletteError(
+            f"cannot write checkpoint {final} ({getattr(err, 'strerror', None) or err}); "
+            + (f"the previous checkpoint {previous.name} is intact" if previous else "no checkpoint was written")
+        ) from None
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint_folder(root: Path, final: Path, step: int, model: dict[str, torch.Tensor],
+                             ema: dict[str, torch.Tensor], optimizer: dict[str, Any], config: Config,
+                             training: dict[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*"):  # left by a process killed while writing; one writer per run folder
         shutil.rmtree(stale, ignore_errors=True)
-    final = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     try:
         save_weights(tmp / "model.safetensors", model, config, step=step, weights="model")
@@ -158,23 +199,29 @@ def write_checkpoint(
         raise
     _fsync_dir(root)
     atomic_write_bytes(root / "latest", final.name.encode())
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _complete(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` is a complete checkpoint of the run whose checkpoints are in ``root`` (a step folder in it,
+    not a link out of it)."""
+    return (STEP_DIR.fullmatch(folder.name) is not None and folder.is_dir()
+            and folder.resolve().parent == root.resolve()
+            and all((folder / f).is_file() for f in (*WEIGHT_FILES, "state.safetensors")))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
+    """The newest complete checkpoint folder of a run, or None. ``checkpoints/latest`` must name one of the run's
+    own step folders: a pointer out of the run (``../../other-run/...``) is an error, not another run's weights."""
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest"
     if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if all((candidate / f).is_file() for f in (*WEIGHT_FILES, "state.safetensors")):
-            return candidate
-    complete = [
-        p for p in sorted(root.glob("step-*"))
-        if p.is_dir() and all((p / f).is_file() for f in (*WEIGHT_FILES, "state.safetensors"))
-    ]
+        name = pointer.read_text(errors="replace").strip()
+        if STEP_DIR.fullmatch(name) is None or (root / name).resolve().parent != root.resolve():
+            raise PaletteError(f"{pointer} points to {name[:200]!r}, not to a step-NNNNNNNNN folder of {root}: "
+                               "it must stay inside the run; delete it to use the newest complete checkpoint")
+        if _complete(root / name, root):
+            return root / name
+    complete = [p for p in sorted(root.glob("step-*")) if _complete(p, root)]
     return complete[-1] if complete else None
 
 
@@ -199,3 +246,90 @@ def resolve_weights(path: str | Path, use_ema: bool = True) -> Path:
             return found / name
         raise PaletteError(f"--checkpoint {path}: the folder holds no complete checkpoint (checkpoints/step-*/{name})")
     raise PaletteError(f"--checkpoint {path}: no such file or folder")
+
+
+# ---- the run folder: one writer at a time ------------------------------------------------------------------------
+
+
+def check_output_path(path: str | Path, flag: str = "--out") -> Path:
+    """``path``, which is to be a folder: a PaletteError naming ``flag`` when it is an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PaletteError(f"{flag} {path} is a file, not a folder: choose a folder")
+    return path
+
+
+def make_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as an existing folder (created if needed); a PaletteError naming ``flag`` when it is a file or cannot
+    be created (a read-only file system, no permission)."""
+    path = check_output_path(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PaletteError(f"{flag} {path}: cannot create the folder ({err.strerror or err})") from None
+    return path
+
+
+class RunLock:
+    """This process's hold on a run folder: ``RUN/lock``, locked with ``flock`` and naming its holder (host, pid).
+
+    The operating system releases the lock when the holding process ends, however it ends, so a crashed run never
+    leaves a lock that blocks the next one; a second process that asks for it is refused with the holder's name. The
+    holding process may take it again (the command line, then the trainer): it is released with the last
+    :meth:`release`. A file system without locks (some network mounts) gets a warning and no lock."""
+
+    _held: dict[str, list] = {}  # resolved run folder -> [file descriptor or None, holds]
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = make_output_folder(run_dir)
+        self.key = str(self.run_dir.resolve())
+        self.released = False
+        if self.key in self._held:
+            self._held[self.key][1] += 1
+        else:
+            self._held[self.key] = [self._acquire(), 1]
+
+    def _acquire(self) -> int | None:
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            return None
+        path = self.run_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise PaletteError(f"--out {self.run_dir}: cannot write in the run folder ({err.strerror or err})") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "a process that has not named itself yet"
+            os.close(fd)
+            raise PaletteError(f"--out {self.run_dir} is in use by another palette train ({holder}; {path}): one run "
+                               "writes a folder at a time; wait for it to end or choose another --out folder") from None
+        except OSError as err:
+            os.close(fd)
+            log.warning("cannot lock %s (%s): make sure no other palette train writes into %s", path,
+                        err.strerror or err, self.run_dir)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                 .encode())
+        return fd
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        held = self._held[self.key]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[self.key]
+            if held[0] is not None:
+                os.close(held[0])  # closing the descriptor releases the lock
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -79,12 +79,15 @@ def _train_config(args):
         "train.gradient_checkpointing": True if args.gradient_checkpointing else None,
         "train.low_precision_norm": True if args.low_precision_norm else None,
         "train.compile": True if args.compile else None, "train.time_limit_minutes": args.time_limit,
-        "train.sharding": args.sharding,
+        "train.sharding": args.sharding, "data.max_pixels": args.max_pixels,
     }
     if args.resume and (run_dir / "config.yaml").is_file():
         base = Config.load(run_dir / "config.yaml")
         if args.preset is not None and args.preset != base.preset:
             raise PaletteError(f"--preset {args.preset}: {run_dir} was trained with preset {base.preset}")
+    elif args.resume:
+        raise PaletteError(f"--resume: {run_dir} holds no run to resume (no config.yaml): drop --resume to start one "
+                           "there")
     else:
         base = preset(args.preset or "small")
         if args.task is None:
@@ -105,39 +108,53 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import latest_checkpoint
+    import contextlib
+
+    from .checkpoint import RunLock, check_output_path, latest_checkpoint
+    from .distributed import check_launcher
     from .train import train
 
+    out = check_output_path(args.out)
+    check_launcher()
     if args.auto_resume:
-        args.resume = latest_checkpoint(Path(args.out)) is not None
+        args.resume = latest_checkpoint(out) is not None
     config = _train_config(args)
     config.validate()
-    if _rank() == 0:
-        _add_run_file_log(Path(args.out))
-    else:  # one process speaks for a distributed run
-        logging.getLogger("palette").setLevel(logging.WARNING)
-    last = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    main_process = _rank() == 0
+    # the folder is locked before its log is opened: a refused second run writes nothing into it
+    with RunLock(out) if main_process else contextlib.nullcontext():
+        if main_process:
+            _add_run_file_log(out)
+        else:  # one process speaks for a distributed run
+            logging.getLogger("palette").setLevel(logging.WARNING)
+        last = train(config, out, resume=args.resume, progress=not args.no_progress)
     if _rank() == 0:
         print(f"last checkpoint: {last}")
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .sampling import input_files, load_model, sample_files, tile_overlap_of
+    from .sampling import check_seed, input_files, load_model, output_stems, sample_files, tile_overlap_of
 
     if args.num_samples < 1:
         raise PaletteError(f"--num-samples must be at least 1, got {args.num_samples}")
+    check_seed(args.seed, "--seed")
+    from .checkpoint import make_output_folder
     from .distributed import Processes
+
+    make_output_folder(args.out)
 
     processes = Processes(args.device)
     model = load_model(args.checkpoint, processes.device(args.device), use_ema=not args.no_ema)
     tile_overlap = tile_overlap_of(model, args.tile, args.overlap)
-    inputs = input_files(args.input)[processes.rank :: processes.world]  # every N-th input for N processes
+    inputs = input_files(args.input)
+    stems = output_stems(inputs)  # over every input: the processes' outputs share a folder
+    inputs, stems = (every[processes.rank :: processes.world] for every in (inputs, stems))  # every N-th input
     written = sample_files(
         model, args.task, inputs, Path(args.out), num_samples=args.num_samples, steps=args.steps,
         seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
         sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
-        batch_invariant=args.batch_invariant, tile_overlap=tile_overlap,
+        batch_invariant=args.batch_invariant, tile_overlap=tile_overlap, max_pixels=args.max_pixels, stems=stems,
     )
     print(f"wrote {len(written)} sample(s) to {args.out}" + (f" (process {processes.rank} of {processes.world})"
                                                              if processes.world > 1 else ""))
@@ -150,8 +167,9 @@ def cmd_panorama(args) -> int:
     from .data import load_image
     from .imagefile import probe, save_image
     from .panorama import extend_image
-    from .sampling import check_sampling_args, load_model
+    from .sampling import check_sampling_args, check_seed, load_model
 
+    check_seed(args.seed, "--seed")
     model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
     steps, _ = check_sampling_args(model, args.steps, args.sampler, args.schedule, 1)
     path = Path(args.input)
@@ -160,7 +178,8 @@ def cmd_panorama(args) -> int:
     if args.extend < 1:
         raise PaletteError(f"--extend must be at least 1, got {args.extend}")
     try:
-        image, bits = load_image(path, model.config.model.channels), probe(path).bits
+        image = load_image(path, model.config.model.channels, args.max_pixels)
+        bits = probe(path, args.max_pixels).bits
     except (OSError, ValueError) as err:
         raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
     with tqdm(total=args.extend * steps, desc="panorama", unit="step", disable=args.no_progress) as bar:
@@ -189,7 +208,8 @@ def cmd_serve(args) -> int:
     from .webapp import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb,
-          max_pixels=args.max_pixels)
+          max_pixels=args.max_pixels, allow_load=args.allow_load, request_budget=int(args.request_budget * 1e6),
+          max_tiled_pixels=args.max_tiled_pixels)
     return 0
 
 
@@ -208,8 +228,9 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 def cmd_eval(args) -> int:
     from .evaluate import METRICS, EvalOptions, evaluate
     from .protocols import resolve
-    from .sampling import load_model
+    from .sampling import check_seed, load_model
 
+    check_seed(args.seed, "--seed")
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else METRICS
     options = EvalOptions(
         task=args.task, num_samples=args.num_samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
@@ -217,13 +238,14 @@ def cmd_eval(args) -> int:
         mask=args.mask,
         mask_file=Path(args.mask_file) if args.mask_file else None, mask_category=args.mask_category,
         quality=args.quality, metrics=metrics, weights_dir=args.weights_dir,
-        reference=Path(args.reference) if args.reference else None,
+        reference=Path(args.reference) if args.reference else None, diversity=args.diversity,
         reference_stats=Path(args.reference_stats) if args.reference_stats else None, limit=args.limit,
-        name=args.name,
+        name=args.name, max_pixels=args.max_pixels,
     )
+    from .checkpoint import resolve_weights
     from .distributed import Processes
 
-    eval_set = resolve(args.protocol, args.data, args.places_list)
+    eval_set = resolve(args.protocol, args.data, args.places_list, args.label_space, args.fid5k_lists)
     processes = Processes(args.device)
     model = load_model(args.checkpoint, processes.device(args.device), use_ema=not args.no_ema)
     device = next(model.parameters()).device
@@ -231,7 +253,7 @@ def cmd_eval(args) -> int:
         raise PaletteError("--shard is for separate jobs; under torchrun the processes share the work by themselves")
     result = evaluate(model, eval_set, options, Path(args.out), shard=_parse_shard(args.shard), device=device,
                       progress=not args.no_progress and processes.main, checkpoint=args.checkpoint,
-                      processes=processes)
+                      processes=processes, weights_file=resolve_weights(args.checkpoint, not args.no_ema))
     if result is not None:
         print((Path(args.out) / "table.md").read_text(), end="")
         print(f"all figures: {Path(args.out) / 'metrics.json'}")
@@ -288,9 +310,21 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """The flags every sampling command shares."""
+    from .imagefile import DEFAULT_MAX_PIXELS
     from .samplers import SAMPLERS, SCHEDULES
+    from .sampling import MAX_SEED
 
     p.add_argument("--steps", type=int, help="network evaluations per sample (default: diffusion.sample_steps)")
     p.add_argument("--sampler", choices=SAMPLERS,
@@ -298,7 +332,10 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, help="DDIM's noise, 0 (deterministic) to 1")
     p.add_argument("--schedule", choices=SCHEDULES,
                    help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=f"0 to {MAX_SEED} (default 0)")
+    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse image files whose header claims more pixels (default {DEFAULT_MAX_PIXELS:,}; "
+                        "docs/limits.md)")
     p.add_argument("--device", default="auto",
                    help="auto (default), cpu, cuda, cuda:1, ...; launched processes each use their own GPU")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
@@ -307,10 +344,13 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import METRICS as EVAL_METRICS
+    from .imagefile import DEFAULT_MAX_PIXELS
     from .masks import MASK_NAMES
-    from .protocols import PROTOCOLS
-    from .samplers import SAMPLERS, SCHEDULES
+    from .metrics import DIVERSITY_PAIRS as EVAL_DIVERSITY
+    from .protocols import LABEL_SPACES, PROTOCOLS
+    from .samplers import SAMPLERS
     from .tasks import PAIRED, PAPER_TASKS, TASK_NAMES
+    from .webapp import DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET
 
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
     parser.add_argument("--verbose", action="store_true", help="more detailed logs")
@@ -353,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...; launched processes each use their own GPU")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="data loading processes")
+    p.add_argument("--max-pixels", type=_positive, metavar="N",
+                   help=f"data.max_pixels: files whose header claims more pixels are skipped as unreadable (default "
+                        f"{DEFAULT_MAX_PIXELS:,})")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     resume.add_argument("--auto-resume", action="store_true",
@@ -393,8 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="folder or list file of images (a list may give labels); with --protocol, the dataset folder")
     p.add_argument("--protocol", choices=PROTOCOLS,
-                   help="ctest10k (ImageNet), places10k (Places2), fid5k (ColTran's colorization FID-5K)")
+                   help="ctest10k (ImageNet), places10k (Places2), fid5k (ColTran's colorization FID-5K); "
+                        "see docs/evaluation.md")
+    p.add_argument("--label-space", choices=LABEL_SPACES,
+                   help="without --protocol: the classes a list's labels index; CA needs imagenet-1k")
     p.add_argument("--places-list", help="places10k: Places365's places365_val.txt (default: in --data)")
+    p.add_argument("--fid5k-lists", metavar="DIR",
+                   help="fid5k: the folder of ColTran's eval_file_names.txt and reference_file_names.txt (from "
+                   "google-research/big_vision; default $PALETTE_CACHE_DIR/fid5k or ~/.cache/palette/fid5k)")
     p.add_argument("--out", required=True, help="folder for samples, metrics.json, table.md, sheet.png")
     p.add_argument("--num-samples", type=int, default=1, help="K samples per input (diversity needs K >= 2)")
     p.add_argument("--mask", help=f"inpainting/uncropping mask name: {', '.join(MASK_NAMES)} "
@@ -403,8 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-category", help="the archive's category, e.g. freeform-20-30 or '20-30%% freeform'")
     p.add_argument("--quality", type=int, default=10, help="jpeg: quality factor of the inputs (paper: 5, 10, 20)")
     p.add_argument("--metrics", help=f"comma-separated subset of {','.join(EVAL_METRICS)} (default: all)")
-    p.add_argument("--reference", help="folder or list of FID reference images (default: the evaluated originals; "
-                   "fid5k: the next 5,000)")
+    p.add_argument("--reference", help="folder or list of FID reference images (default: the protocol's, the full "
+                   "validation set in --data, fid5k: ColTran's 5,000; without --protocol the evaluated originals)")
+    p.add_argument("--diversity", choices=EVAL_DIVERSITY, default="paper",
+                   help="sample pairs of the diversity figures: paper (LPIPS between consecutive samples, MS-SSIM of "
+                        "the first against each other) or all-pairs")
     p.add_argument("--reference-stats", help="reference statistics file: read if it exists, else written")
     p.add_argument("--weights-dir", help="metric backbone weights (default $PALETTE_WEIGHTS_DIR or "
                    "~/.cache/palette/weights); see `palette weights`")
@@ -461,12 +513,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_panorama)
 
     p = sub.add_parser("serve", help="a web page to sample a trained model")
-    p.add_argument("--checkpoint", help="run folder or .safetensors file (or load one from the page)")
+    p.add_argument("--checkpoint", help="run folder or .safetensors file: the model of every visitor")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="auto")
     p.add_argument("--max-upload-mb", type=float, default=20)
-    p.add_argument("--max-pixels", type=int, default=16_000_000)
+    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse uploads whose header claims more pixels (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--allow-load", metavar="DIR",
+                   help="without --checkpoint: visitors may load, for themselves, checkpoints found under DIR only")
+    p.add_argument("--request-budget", type=float, default=DEFAULT_REQUEST_BUDGET / 1e6, metavar="MILLIONS",
+                   help="the most work of one request: network evaluations x pixels of each, in millions (default "
+                        f"{DEFAULT_REQUEST_BUDGET / 1e6:g}: e.g. 3 samples of 1000 steps at 256x256)")
+    p.add_argument("--max-tiled-pixels", type=_positive, default=DEFAULT_MAX_TILED_PIXELS, metavar="N",
+                   help="the largest image sampled at its own size: tiled sampling's canvas, a panorama (default "
+                        f"{DEFAULT_MAX_TILED_PIXELS:,})")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train a tiny model on bundled photos and write one sheet per task")
@@ -481,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_demo)
+
+    from .study.commands import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 

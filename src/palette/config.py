@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 
 from .diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, ScheduleConfig
 from .errors import PaletteError
+from .imagefile import DEFAULT_MAX_PIXELS
 from .tasks import MULTI_TASK_DEFAULT, PAIRED, TASK_NAMES
 from .unet import UNetConfig
 
@@ -27,9 +29,10 @@ class DiffusionConfig:
     inference_schedule: ScheduleConfig = INFERENCE_SCHEDULE
     sample_steps: int = 1000  # network evaluations per sample (1000 with ancestral: the paper's sampler)
     sampler: str = "ancestral"  # ancestral (the paper), ddim, dpmpp-2m, dpmpp-2m-sde or unipc
-    eta: float = 0.0  # DDIM's noise: 0 deterministic, 1 as much noise as the ancestral sampler
+    eta: float = 0.0  # DDIM's noise (ddim only): 0 deterministic, 1 DDPM's posterior variance (below the
+    # paper's ancestral variance 1 - alpha_t)
     sample_schedule: str = "inference"  # inference: the paper's 1e-4..0.09; training: only the trained gamma range
-    clip_denoised: bool = True
+    clip_denoised: bool = True  # every sampler clips its y0 estimates to [-1, 1] (not in the paper's Algorithm 2)
     loss: str = "l2"  # l2 (the paper) or l1 (its ablation)
     objective: str = "diffusion"  # diffusion, or regression: the paper's baseline mapping x to y with L2
 
@@ -49,6 +52,7 @@ class DataConfig:
     flip: bool = True
     num_workers: int = 1
     max_bad_fraction: float = 0.01  # stop when more files than this cannot be read
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a file claiming more pixels is unreadable, refused before decoding
     target_bits: int = 8  # found in the data: 16 when training targets have 16-bit samples (samples are written so)
 
 
@@ -124,6 +128,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise PaletteError for values that cannot work together."""
+        self._check_ranges()
         if self.train.sharding not in ("ddp", "fsdp"):
             raise PaletteError(f"train.sharding must be ddp or fsdp, got {self.train.sharding!r}")
         if str(self.train.channels_last).lower() not in ("auto", "true", "false"):
@@ -167,15 +172,16 @@ class Config:
                                f"{self.train.micro_batch_size}")
         if self.train.mixed_precision not in ("no", "bf16", "fp16"):
             raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {self.train.mixed_precision!r}")
-        if self.train.collective_timeout_minutes <= 0:
-            raise PaletteError(f"train.collective_timeout_minutes must be positive, got "
-                               f"{self.train.collective_timeout_minutes}")
+        if self.data.max_pixels < 1:
+            raise PaletteError(f"data.max_pixels must be at least 1, got {self.data.max_pixels}")
         if not 0 < self.data.crop_scale_min <= 1:
             raise PaletteError(f"data.crop_scale_min must be in (0, 1], got {self.data.crop_scale_min}")
-        from .samplers import SAMPLERS, SCHEDULES
+        from .samplers import SCHEDULES, check_sampler
 
-        if self.diffusion.sampler not in SAMPLERS:
-            raise PaletteError(f"unknown sampler {self.diffusion.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        try:
+            check_sampler(self.diffusion.sampler, self.diffusion.eta)
+        except ValueError as err:
+            raise PaletteError(f"diffusion.sampler / diffusion.eta: {err}") from None
         if self.diffusion.sample_schedule not in SCHEDULES:
             raise PaletteError(
                 f"unknown schedule {self.diffusion.sample_schedule!r}: choose one of {', '.join(SCHEDULES)}"
@@ -184,10 +190,46 @@ class Config:
         if not 1 <= self.diffusion.sample_steps <= limit:
             raise PaletteError(f"diffusion.sample_steps must be between 1 and {limit}, got {self.diffusion.sample_steps}")
 
+    def _check_ranges(self) -> None:
+        """Numbers outside their range fail late and obscurely (a division by zero at the first log, a loss that turns
+        NaN after hours, a data loader's traceback): each must be finite and in its range (:data:`RANGES`)."""
+        for key, flag, what, within in RANGES:
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            numbers = value if isinstance(value, tuple) else (value,)
+            if not (all(math.isfinite(v) for v in numbers) and within(value)):
+                raise PaletteError(f"{f'{flag} ({key})' if flag else key} must be {what}, got {_shown(value)}")
+
     def sampling_schedule(self) -> ScheduleConfig:
         """The discrete schedule samplers walk: the paper's inference schedule, or the training schedule."""
         d = self.diffusion
         return d.inference_schedule if d.sample_schedule == "inference" else d.train_schedule
+
+
+# (config key, its flag or "", what it must be, whether a finite value is in range)
+RANGES = (
+    ("model.image_size", "--image-size", "positive", lambda v: v > 0),
+    ("train.lr", "", "positive", lambda v: v > 0),
+    ("train.warmup_steps", "", "0 or more", lambda v: v >= 0),
+    ("train.adam_betas", "", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+    ("train.weight_decay", "", "0 or more", lambda v: v >= 0),
+    ("train.grad_clip", "", "0 (no clipping) or more", lambda v: v >= 0),
+    ("train.ema_decay", "", "between 0 and 1", lambda v: 0 <= v <= 1),
+    ("train.log_every", "", "at least 1", lambda v: v >= 1),
+    ("train.checkpoint_every", "", "at least 1", lambda v: v >= 1),
+    ("train.sample_every", "", "0 (no sheets) or more", lambda v: v >= 0),
+    ("train.sheet_images", "", "at least 1", lambda v: v >= 1),
+    ("train.sheet_samples", "", "at least 1", lambda v: v >= 1),
+    ("train.keep_checkpoints", "", "0 (keep all) or more", lambda v: v >= 0),
+    ("train.time_limit_minutes", "--time-limit", "0 (no limit) or more", lambda v: v >= 0),
+    ("train.collective_timeout_minutes", "", "positive", lambda v: v > 0),
+    ("data.num_workers", "--workers", "0 (load in the training process) or more", lambda v: v >= 0),
+    ("data.max_bad_fraction", "", "between 0 and 1", lambda v: 0 <= v <= 1),
+)
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _plain(value: Any) -> Any:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .diffusion import sample_gamma
 from .errors import PaletteError
-from .imagefile import pil_to_tensor, probe, read_image
+from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, pil_to_tensor, probe, read_image
 from .tasks import Task, luma, resize
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ def list_images(source: str | Path) -> list[Path]:
             continue
         path = Path(line.split()[0])
         if not path.exists():  # relative to the list's folder; ctest10k-style "/wnid/file.JPEG" too
-            path = source.parent / str(path).lstrip("/")
+            rebased = source.parent / str(path).lstrip("/")
+            if rebased.exists() or not path.is_absolute():  # an absolute path found nowhere is reported as given
+                path = rebased
         paths.append(path)
     if not paths:
         raise PaletteError(f"--data {source}: the list file names no images")
@@ -129,10 +131,11 @@ def list_pairs(source: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_image(path: str | Path, channels: int = 3) -> torch.Tensor:
+def load_image(path: str | Path, channels: int = 3, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Decode an image file into a float tensor (channels, H, W) in [0, 1] at full precision (16-bit PNG and TIFF
-    included); gray is repeated to 3 channels, colour reduced to its luma for 1 (see :func:`match_channels`)."""
-    return match_channels(read_image(path), channels)
+    included); gray is repeated to 3 channels, colour reduced to its luma for 1 (see :func:`match_channels`).
+    A file whose header claims more than ``max_pixels`` is refused before decoding (:class:`PixelLimitError`)."""
+    return match_channels(read_image(path, max_pixels), channels)
 
 
 def image_to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
@@ -187,10 +190,12 @@ class ScanReport:
     bits: tuple[int, ...] = (8,)  # per file of an item: 16 if any such file has 16-bit samples, else 8
 
 
-def probe_items(items: Sequence[Item], progress: bool = True) -> list[tuple]:
+def probe_items(items: Sequence[Item], progress: bool = True,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[tuple]:
     """Read the header of every file of every item: one small outcome per item, ``("ok", min side, channels, bits)``,
     ``("unreadable", path, why)`` or ``("mismatched", sizes)``; :func:`summarize_scan` turns them into a report.
-    Processes of a launched run each probe a slice of the items and pool the outcomes."""
+    Processes of a launched run each probe a slice of the items and pool the outcomes. A file above ``max_pixels``
+    is unreadable (with the pixel limit's message)."""
     from tqdm.auto import tqdm
 
     outcomes = []
@@ -198,8 +203,8 @@ def probe_items(items: Sequence[Item], progress: bool = True) -> list[tuple]:
         infos = []
         for path in item if isinstance(item, tuple) else (item,):
             try:
-                infos.append(probe(path))
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                infos.append(probe(path, max_pixels))
+            except (OSError, ValueError, PixelLimitError) as err:
                 outcomes.append(("unreadable", path, str(err) or type(err).__name__))
                 break
         else:
@@ -251,9 +256,10 @@ def summarize_scan(items: Sequence[Item], outcomes: Sequence[tuple], min_size: i
     return ScanReport(readable, unreadable, small, tuple(channels), tuple(bits))
 
 
-def scan_images(items: Sequence[Item], min_size: int, max_bad_fraction: float, progress: bool = True) -> ScanReport:
+def scan_images(items: Sequence[Item], min_size: int, max_bad_fraction: float, progress: bool = True,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ScanReport:
     """Read every file's header and report (:func:`probe_items`, then :func:`summarize_scan`)."""
-    return summarize_scan(items, probe_items(items, progress), min_size, max_bad_fraction)
+    return summarize_scan(items, probe_items(items, progress, max_pixels), min_size, max_bad_fraction)
 
 
 def sample_rng(seed: int, n: int) -> np.random.Generator:
@@ -271,8 +277,9 @@ class TrainingData(torch.utils.data.Dataset):
 
     def __init__(self, items: Sequence[Item], task: Task, image_size: int, channels: int, seed: int,
                  crop_scale_min: float = 1.0, flip: bool = True, source_channels: int | None = None,
-                 noise_schedule=None):
+                 noise_schedule=None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.noise_schedule = noise_schedule
+        self.max_pixels = max_pixels
         self.paths = list(items)
         self.task, self.image_size, self.channels, self.seed = task, image_size, channels, seed
         self.source_channels = channels if source_channels is None else source_channels
@@ -286,7 +293,7 @@ class TrainingData(torch.utils.data.Dataset):
     def _load(self, path: Path, channels: int) -> torch.Tensor:
         image = self._cache.get((path, channels))
         if image is None:
-            image = load_image(path, channels)
+            image = load_image(path, channels, self.max_pixels)
             size = image.numel() * image.element_size()
             if self._cached_bytes + size <= self.CACHE_BYTES:
                 self._cache[(path, channels)] = image
@@ -318,7 +325,7 @@ class TrainingData(torch.utils.data.Dataset):
             try:
                 images = self._decode(item)
                 break
-            except (OSError, ValueError) as err:  # a file that passed the header check but does not decode
+            except (OSError, ValueError, PixelLimitError) as err:  # passed the header scan but does not decode
                 log.warning("skipping %s: cannot be decoded (%s)", item, err)
         else:
             raise PaletteError("no data file could be decoded")

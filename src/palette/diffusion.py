@@ -64,7 +64,8 @@ def sample_gamma(schedule: NoiseSchedule, batch: int,
 
     The result has a continuous density, so the network sees every noise level of the schedule's range and can be
     sampled later with any schedule and number of steps. ``generator`` may be a torch or a numpy generator (the
-    training data draws each example's noise level with its own numpy generator).
+    training data draws each example's noise level with its own numpy generator). The levels are float64: the
+    lowest-noise bucket (1 - 1e-6, 1) would round to exactly 1 in float32, leaving no noise in y_t.
     """
     gammas = torch.from_numpy(schedule.gammas)
     if isinstance(generator, np.random.Generator):
@@ -74,7 +75,7 @@ def sample_gamma(schedule: NoiseSchedule, batch: int,
         t = torch.randint(1, schedule.steps + 1, (batch,), generator=generator)
         u = torch.rand(batch, generator=generator, dtype=torch.float64)
     hi, lo = gammas[t - 1], gammas[t]
-    return (lo + u * (hi - lo)).float()
+    return lo + u * (hi - lo)
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,11 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def q_sample(y0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """A draw from q(y_t | y_0) = N(sqrt(gamma) y_0, (1 - gamma) I): sqrt(gamma) y_0 + sqrt(1 - gamma) eps."""
+    """A draw from q(y_t | y_0) = N(sqrt(gamma) y_0, (1 - gamma) I): sqrt(gamma) y_0 + sqrt(1 - gamma) eps.
+
+    Both coefficients are computed in float64 before they meet y_0's dtype: near gamma = 1, 1 - gamma in float32
+    loses most of its digits (sqrt(1 - gamma) at gamma = 1 - 1e-6 is off by several percent)."""
+    gamma = gamma.double()
     return _expand(gamma.sqrt(), y0) * y0 + _expand((1 - gamma).sqrt(), y0) * noise
 
 
@@ -130,6 +135,10 @@ def diffusion_loss(
     return per_image_loss(eps_hat, eps, mask, p).mean()
 
 
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+"""callback(i, n, y, y0_hat) after step i of n: the current sample and the y0 estimate it was made from."""
+
+
 def ancestral_sample(
     denoiser: Denoiser,
     x: torch.Tensor,
@@ -139,43 +148,90 @@ def ancestral_sample(
     mask: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     clip_denoised: bool = True,
-    callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """The paper's sampler: y_T ~ N(0, I), then for t = T..1
 
         y_{t-1} = 1/sqrt(alpha_t) (y_t - (1 - alpha_t)/sqrt(1 - gamma_t) f(x, y_t, gamma_t)) + sqrt(1 - alpha_t) eps_t
 
-    written through the clipped estimate y0_hat (identical to the equation above when nothing is clipped):
+    written through the y0 estimate y0_hat (identical to the equation above when nothing is clipped):
     y_{t-1} = posterior mean(y0_hat, y_t) + sqrt(1 - alpha_t) eps_t, with no noise added at the last step (DDPM).
+    ``clip_denoised`` clips y0_hat to [-1, 1] first: an implementation choice (guided-diffusion's), not Algorithm 2.
 
     ``gammas`` are the levels gamma_0 = 1 > gamma_1 > ... > gamma_N (e.g. :meth:`NoiseSchedule.respaced`);
     ``noise`` is y_T. Where ``mask`` is 0 the sample keeps ``known`` exactly: the network sees the clean known
     pixels in y_t (as in training) and the result is composited. ``callback(i, n, y_t, y0_hat)`` sees each step.
     """
+
+    def step(y, y0_hat, gamma_t, gamma_prev, last):
+        mean, _ = q_posterior(y0_hat, y, _levels(gamma_t, y), _levels(gamma_prev, y))
+        if last:
+            return mean
+        return mean + (1 - float(gamma_t / gamma_prev)) ** 0.5 * _randn_like(y, generator)
+
+    return _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step)
+
+
+def ddim_sample(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    gammas: np.ndarray,
+    noise: torch.Tensor,
+    known: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) on the same levels as :func:`ancestral_sample`:
+
+        y_{t-1} = sqrt(gamma_{t-1}) y0_hat + sqrt(1 - gamma_{t-1} - sigma_t^2) eps_hat + sigma_t z,
+        sigma_t = eta sqrt((1 - gamma_{t-1}) / (1 - gamma_t)) sqrt(1 - gamma_t / gamma_{t-1}).
+
+    ``eta`` = 0 is deterministic; ``eta`` = 1 adds DDPM's posterior variance (1 - gamma_{t-1}) / (1 - gamma_t) beta_t,
+    which is less than the paper's ancestral variance beta_t = 1 - alpha_t. With ``clip_denoised`` y0_hat is clipped
+    to [-1, 1] and eps_hat recomputed from it, so the update stays on the line through y_t and the clipped y0_hat.
+    Every step lands on the level it names, whatever the number of steps, and the last one on gamma_0 = 1: the
+    result is y0_hat of the last evaluation.
+    """
+
+    def step(y, y0_hat, gamma_t, gamma_prev, last):
+        eps_hat = (y - gamma_t.sqrt().item() * y0_hat) / (1 - gamma_t).sqrt().item()
+        sigma = eta * float(((1 - gamma_prev) / (1 - gamma_t) * (1 - gamma_t / gamma_prev)).sqrt())
+        direction = float((1 - gamma_prev - sigma**2).clamp_min(0).sqrt())
+        y = float(gamma_prev.sqrt()) * y0_hat + direction * eps_hat
+        return y + sigma * _randn_like(y, generator) if sigma > 0 and not last else y
+
+    return _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step)
+
+
+def _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step) -> torch.Tensor:
+    """The loop both samplers share: evaluate the network at gamma_i, estimate y0, let ``step`` move y from gamma_i
+    to gamma_{i-1}, and hold the known pixels (where ``mask`` is 0) after every step."""
     g = torch.from_numpy(np.asarray(gammas, dtype=np.float64))
     n = len(g) - 1
-    y = noise
     keep = None if mask is None else (1 - mask)
-    if keep is not None:
-        y = y * mask + known * keep
+    y = noise if keep is None else noise * mask + known * keep
     for i in range(n, 0, -1):
-        gamma_t, gamma_prev = g[i], g[i - 1]
-        level = torch.full((y.shape[0],), float(gamma_t), device=y.device)
-        eps = denoiser(x, y, level).float()
-        y0_hat = predict_y0(y.float(), _levels(gamma_t, y), eps)
+        eps = denoiser(x, y, noise_level(g[i], y)).float()
+        y0_hat = predict_y0(y.float(), _levels(g[i], y), eps)
         if clip_denoised:
             y0_hat = y0_hat.clamp(-1, 1)
-        mean, _ = q_posterior(y0_hat, y.float(), _levels(gamma_t, y), _levels(gamma_prev, y))
-        if i > 1:
-            alpha = float(gamma_t / gamma_prev)
-            y = mean + (1 - alpha) ** 0.5 * _randn_like(y, generator)
-        else:
-            y = mean
+        y = step(y.float(), y0_hat, g[i], g[i - 1], i == 1)
         if keep is not None:
             y = y * mask + known * keep
         if callback is not None:
             callback(n - i + 1, n, y, y0_hat)
     return y
+
+
+def noise_level(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The (B,) noise level a denoiser is conditioned on, in float64 (the network embeds it in float32 itself, but
+    an exact denoiser needs the level the sampler steps with: near gamma = 1, float32 keeps only a few digits of
+    1 - gamma). Apple's MPS has no float64, and gets float32."""
+    dtype = torch.float32 if like.device.type == "mps" else torch.float64
+    return torch.full((like.shape[0],), float(value), dtype=dtype, device=like.device)
 
 
 def _levels(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

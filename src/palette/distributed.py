@@ -4,6 +4,10 @@
 samples every N-th input and writes its own files. ``sample`` needs nothing else: each process reports its own files
 and ends when they are written. ``eval`` waits for every process once, then shares out the metric passes and
 gathers them to the main process, which reports.
+
+Processes join one run through the variables torchrun and accelerate launch set (WORLD_SIZE, RANK, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT), on CPUs (gloo) as on GPUs (NCCL). Processes that another launcher started (srun, mpirun)
+without them would each run alone, into the same folder: they are refused with what to run instead.
 """
 
 from __future__ import annotations
@@ -18,10 +22,47 @@ from .errors import PaletteError
 
 COLLECTIVE_TIMEOUT_MINUTES = 60.0  # train.collective_timeout_minutes' default; sample and eval use it as it is
 
+# launchers that start several processes without torchrun's variables: (the variable holding their count, launcher)
+OTHER_LAUNCHERS = (("SLURM_STEP_NUM_TASKS", "srun"), ("OMPI_COMM_WORLD_SIZE", "mpirun (Open MPI)"),
+                   ("PMI_SIZE", "a PMI launcher (mpirun, srun --mpi)"), ("MV2_COMM_WORLD_SIZE", "mpirun (MVAPICH2)"))
+
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) set by torchrun / accelerate launch; (0, 1) for a plain run."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def check_launcher() -> None:
+    """Refuse to start a process that another launcher started as one of several, without the variables palette
+    joins processes by: each would believe it is a one-process run and write the same folder."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    for variable, launcher in OTHER_LAUNCHERS:
+        count = os.environ.get(variable, "").strip()
+        if count.isdigit() and int(count) > 1:
+            raise PaletteError(
+                f"this process is one of {count} started by {launcher} ({variable}={count}), but palette joins "
+                "processes through torchrun or accelerate launch: start one torchrun per node (e.g. `srun "
+                "--ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc_per_node G --rdzv-backend c10d "
+                "--rdzv-endpoint HOST:PORT $(which palette) ...`), or give each process WORLD_SIZE, RANK, "
+                "LOCAL_RANK, MASTER_ADDR and MASTER_PORT"
+            )
+
+
+def on_cpu(device: str) -> bool:
+    """Whether processes given ``device`` compute on the CPU: ``cpu``, or ``auto`` on a machine without a GPU.
+    accelerate joins launched processes on the CPU only when told so; told nothing, each trains alone."""
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def check_joined(num_processes: int) -> None:
+    """Every process the launcher started is in the process group (``num_processes``, as accelerate formed it)."""
+    rank, world = rank_and_world()
+    if num_processes != world:
+        raise PaletteError(
+            f"this is process {rank} of {world} started by a launcher (WORLD_SIZE={world}), but it joined a group of "
+            f"{num_processes}: pass --device cpu or --device cuda so that the processes form one run"
+        )
 
 
 def process_group_kwargs(timeout_minutes: float = COLLECTIVE_TIMEOUT_MINUTES) -> dict:
@@ -74,13 +115,15 @@ class Processes:
     """The process group of a launched run (gloo on CPU, NCCL on GPUs), or a stand-in for a single process."""
 
     def __init__(self, device: str = "auto"):
+        check_launcher()
         self.rank, self.world = rank_and_world()
         self.state = None
         if self.world > 1:
             from accelerate import PartialState
 
             check_launched_device(device)
-            self.state = PartialState(cpu=device == "cpu", **process_group_kwargs())
+            self.state = PartialState(cpu=on_cpu(device), **process_group_kwargs())
+            check_joined(self.state.num_processes)
 
     @property
     def main(self) -> bool:

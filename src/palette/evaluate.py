@@ -5,18 +5,22 @@ Two phases, both in ``OUT``:
 1. Generation writes ``samples/<id>_<k>.png`` (k < K) and ``inputs/<id>.png`` for every image, each file written
    atomically. An image whose K samples exist is skipped, so an interrupted run continues where it stopped, and
    ``--shard i/n`` generates the pending images whose index is i modulo n (several processes or jobs can share the work).
-   An image's samples depend on (seed, k) and its mask on (fixed mask seed, index), never on the shard.
+   Sample k of image i is seeded by (seed, i, k) and its mask by (fixed mask seed, i), never by the shard.
 2. One pass over the images computes every metric, each backbone run once per image: Inception-v3 on the first
    sample (FID, KID, IS) and, when the reference is the evaluated set itself, on the original; ResNet-50 on the
-   first sample (CA, when labels are known); GoogLeNet on the first sample and the original (PD); LPIPS and
-   MS-SSIM between every pair of the K samples (diversity); PSNR and SSIM of every sample against the original.
-   ``metrics.json`` holds every figure, ``table.md`` a row laid out like the paper's tables, ``sheet.png`` examples.
+   first sample (CA, when the labels are ImageNet-1k's); GoogLeNet on the first sample and the original (PD); LPIPS
+   and MS-SSIM between pairs of the K samples (diversity: the paper's pairs, or all pairs); PSNR and SSIM of every
+   sample against the original. A separate FID reference (a protocol's, or ``--reference``) is a second pass whose
+   statistics are cached (:func:`reference_cache_path`). ``metrics.json`` holds every figure and why a requested
+   one is absent, ``table.md`` a row laid out like the paper's tables, ``sheet.png`` examples.
 
 Images are evaluated at the model's size: the centred largest square, resized (bicubic, antialiased).
 """
 
 from __future__ import annotations
 
+import hashlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +37,8 @@ from . import metrics as MT
 from . import protocols as P
 from .data import load_image
 from .errors import PaletteError
-from .sampling import Condition, check_sampling_args, check_task, sample_conditions
+from .imagefile import DEFAULT_MAX_PIXELS, probe
+from .sampling import Condition, check_sampling_args, check_seed, check_task, sample_conditions
 from .sheets import center_square, compose_sheet, to_pil
 from .tasks import jpeg_compress, make_task
 
@@ -65,15 +70,17 @@ class EvalOptions:
     weights_dir: Path | None = None
     reference: Path | None = None  # a folder or list of reference images for FID/KID
     reference_stats: Path | None = None  # cached reference statistics (read if present, else written)
+    diversity: str = "paper"  # which sample pairs diversity averages over: a key of metrics.DIVERSITY_PAIRS
     limit: int | None = None
     name: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # evaluation images claiming more pixels are refused before decoding
     extra: dict = field(default_factory=dict)
 
 
-def prepare(path: Path, size: int, channels: int) -> torch.Tensor:
+def prepare(path: Path, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """An evaluation image: the centred largest square at ``size``, (C, size, size) in [0, 1]."""
     try:
-        image = load_image(path, channels)
+        image = load_image(path, channels, max_pixels)
     except (OSError, ValueError) as err:
         raise PaletteError(f"{path}: cannot be read as an image ({err})") from None
     return center_square(image, size).clamp(0, 1)
@@ -137,6 +144,60 @@ def sample_paths(out_dir: Path, item: P.EvalItem, k: int) -> Path:
     return out_dir / "samples" / f"{item.id}_{k}.png"
 
 
+def read_sample(path: Path, size: int, channels: int) -> torch.Tensor:
+    """A generated sample, (C, size, size) in [0, 1]: an image file of the model's size, checked from its header."""
+    try:
+        info = probe(path, max_pixels=None)
+        if (info.width, info.height) != (size, size):
+            raise PaletteError(f"{path} is {info.width}x{info.height}, not {size}x{size}: not a sample of this model; "
+                               "delete it, and palette eval generates it again")
+        return load_image(path, channels, max_pixels=size * size)
+    except (OSError, ValueError) as err:
+        raise PaletteError(f"{path}: not a readable sample ({str(err) or type(err).__name__}); delete it, and "
+                           "palette eval generates it again") from None
+
+
+MANIFEST = "manifest.json"  # in samples/: what made the samples
+
+
+def weights_digest(model, weights_file: Path | None = None) -> str:
+    """SHA-256 of the weights file (streamed), or, without one, of the network's tensors (names, dtypes, bytes)."""
+    digest = hashlib.sha256()
+    if weights_file is not None:
+        with open(weights_file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    for name, tensor in sorted(model.net.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "tensors:" + digest.hexdigest()
+
+
+def check_manifest(out_dir: Path, made_by: dict) -> str | None:
+    """Write ``samples/manifest.json`` (what makes the samples) or compare it with the one there; returns why the
+    samples there cannot be mixed with this run's, or None. A samples folder without a manifest must be empty."""
+    folder = out_dir / "samples"
+    path = folder / MANIFEST
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError as err:
+            return f"{path} is damaged ({err})"
+        differ = [f"{key} {previous.get(key)!r} there, {value!r} now" for key, value in made_by.items()
+                  if previous.get(key) != value]
+        if differ:
+            return f"{folder} holds samples made otherwise: {'; '.join(differ)}"
+        return None
+    if folder.is_dir() and any(folder.glob("*.png")):
+        return f"{folder} holds samples without {MANIFEST} saying which checkpoint, sampler, steps and seed made them"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(made_by, indent=2) + "\n")
+    os.replace(tmp, path)
+    return None
+
+
 def pending(items: list[P.EvalItem], out_dir: Path, num_samples: int) -> list[int]:
     return [i for i, item in enumerate(items)
             if not all(sample_paths(out_dir, item, k).is_file() for k in range(num_samples))]
@@ -154,7 +215,7 @@ def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, sh
 
     check_task(model, options.task)
     steps, schedule = check_sampling_args(model, options.steps, options.sampler, options.schedule,
-                                          options.num_samples)
+                                          options.num_samples, eta=options.eta)
     size, channels = model.config.model.image_size, model.config.model.channels
     make_task(options.task).check_channels(channels)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -171,11 +232,12 @@ def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, sh
     with tqdm(total=len(todo), desc=f"eval: sample {options.task}", unit="image", disable=not progress) as bar:
         for start in range(0, len(todo), per_call):
             chunk = todo[start : start + per_call]
-            conditions = [eval_condition(options.task, prepare(items[i].path, size, channels), i, options, masks)
+            conditions = [eval_condition(options.task, prepare(items[i].path, size, channels, options.max_pixels), i,
+                                         options, masks)
                           for i in chunk]
             results = sample_conditions(model, conditions, options.num_samples, steps, options.seed, options.sampler,
                                         options.eta, schedule, options.batch_size,
-                                        batch_invariant=options.batch_invariant)
+                                        batch_invariant=options.batch_invariant, keys=chunk)
             for i, cond, samples in zip(chunk, conditions, results):
                 visible = cond.x * (1 - cond.mask) if cond.masked else cond.x
                 _save_atomic(visible, out_dir / "inputs" / f"{items[i].id}.png")
@@ -228,14 +290,33 @@ def load_stats(path: Path) -> tuple[MT.FeatureStats, dict]:
 KEEP_REFERENCE_FEATURES = 10_000  # raw features kept in a statistics file (KID draws subsets of 1,000 from them)
 
 
+def reference_cache_dir() -> Path:
+    """Where reference statistics are cached: ``$PALETTE_CACHE_DIR/reference-stats`` or ~/.cache/palette/..."""
+    root = os.environ.get("PALETTE_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "palette") / "reference-stats"
+
+
+def reference_cache_path(name: str, paths: list[Path], size: int, channels: int, inception_sha256: str) -> Path:
+    """The cache file of a reference set's statistics, keyed by what they depend on: the files (names and byte sizes,
+    so a moved copy of the data set still hits), the image size and channels, and the Inception weights."""
+    key = hashlib.sha256(f"{size} {channels} {inception_sha256}\n".encode())
+    for path in paths:
+        key.update(f"{path.name} {path.stat().st_size}\n".encode())
+    return reference_cache_dir() / f"{name}-{size}px-{channels}ch-{key.hexdigest()[:16]}.safetensors"
+
+
 def reference_stats(backbones: MT.Backbones, paths: list[Path], size: int, channels: int, batch_size: int,
-                    timer: _Timer, progress: bool) -> MT.FeatureStats:
+                    timer: _Timer, progress: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> MT.FeatureStats:
     from tqdm.auto import tqdm
 
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise PaletteError(f"the FID reference: {len(missing)} of {len(paths)} images are missing (e.g. {missing[0]}); "
+                           "--data must hold the whole validation set, or give --reference / --reference-stats")
     feats = []
     for start in tqdm(range(0, len(paths), batch_size), desc="eval: reference features", unit="batch",
                       disable=not progress):
-        batch = torch.stack([prepare(p, size, channels) for p in paths[start : start + batch_size]])
+        batch = torch.stack([prepare(p, size, channels, max_pixels) for p in paths[start : start + batch_size]])
         feats.append(timer.run("inception", len(batch), backbones.inception, batch)[0])
     return MT.FeatureStats.of(torch.cat(feats).numpy(), keep=KEEP_REFERENCE_FEATURES)
 
@@ -260,12 +341,15 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
                            f"{out_dir / 'samples'} (e.g. {items[missing[0]].id}); run palette eval without --shard "
                            "(or every shard) to generate them first")
     wanted = [m for m in options.metrics if m in METRICS]
-    has_labels = all(i.label is not None for i in items)
-    if "ca" in wanted and not has_labels:
-        log.info("classification accuracy skipped: the evaluation list has no labels")
-        wanted.remove("ca")
+    absent = {}  # requested metrics that cannot be computed here, and why
+    if "ca" in wanted and (reason := P.classification_unavailable(eval_set)):
+        absent["ca"] = reason
     if k_count < 2:
-        wanted = [m for m in wanted if m not in ("lpips", "ms-ssim")]
+        absent.update({m: "diversity needs --num-samples 2 or more" for m in ("lpips", "ms-ssim") if m in wanted})
+    for metric, reason in absent.items():
+        log.info("%s not computed: %s", metric, reason)
+    wanted = [m for m in wanted if m not in absent]
+    diversity_pairs = {m: pairs(k_count) for m, pairs in MT.DIVERSITY_PAIRS[options.diversity].items()}
     backbones = MT.Backbones(options.weights_dir, device)
     backbones.require(sorted({METRIC_WEIGHTS[m] for m in wanted if m in METRIC_WEIGHTS}))
     inception_metrics = {"fid", "kid", "is"} & set(wanted)
@@ -283,8 +367,8 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
                       disable=not progress):
         acc = per_batch[start] = defaultdict(list)
         chunk = items[start : start + batch]
-        originals = torch.stack([prepare(i.path, size, channels) for i in chunk])
-        samples = torch.stack([torch.stack([load_image(sample_paths(out_dir, i, k), channels)
+        originals = torch.stack([prepare(i.path, size, channels, options.max_pixels) for i in chunk])
+        samples = torch.stack([torch.stack([read_sample(sample_paths(out_dir, i, k), size, channels)
                                             for k in range(k_count)]) for i in chunk])  # (B, K, C, S, S)
         first = samples[:, 0]
         if inception_metrics:
@@ -300,11 +384,12 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
             f_out = timer.run("googlenet", len(chunk), backbones.googlenet_features, first)
             f_orig = timer.run("googlenet", len(chunk), backbones.googlenet_features, originals)
             acc["pd"].append((f_out - f_orig).norm(dim=1))
-        pairs = len(chunk) * k_count * (k_count - 1) // 2
         if "lpips" in wanted:
-            acc["lpips"] += [timer.run("lpips", pairs, MT.pairwise_mean, s, backbones.lpips) for s in samples]
+            acc["lpips"] += [timer.run("lpips", 1, MT.mean_over_pairs, s, backbones.lpips, diversity_pairs["lpips"])
+                             for s in samples]
         if "ms-ssim" in wanted:
-            acc["ms-ssim"] += [timer.run("ms-ssim", pairs, MT.pairwise_mean, s, MT.ms_ssim) for s in samples]
+            acc["ms-ssim"] += [timer.run("ms-ssim", 1, MT.mean_over_pairs, s, MT.ms_ssim, diversity_pairs["ms-ssim"])
+                               for s in samples]
         flat, truth = samples.flatten(0, 1), originals.repeat_interleave(k_count, 0)
         if "psnr" in wanted:
             acc["psnr"].append(timer.run("psnr", len(flat), MT.psnr, flat, truth))
@@ -327,24 +412,40 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
     figures: dict[str, float] = {}
     reference = {}
     if fid_like:
+        statistics_read = stats_ref is not None
         if stats_ref is None:
+            inception_sha256 = backbones.digests.get("inception-v3-compat", "")
             if own_reference:
                 stats_ref = MT.FeatureStats.of(torch.cat(acc["ref_pool"]).numpy(), keep=KEEP_REFERENCE_FEATURES)
-                source = f"{eval_set.name} originals"
+                source = f"{eval_set.name} originals (the evaluated images themselves)"
+                stats_file = Path(stats_file or out_dir / "reference_stats.safetensors")
             else:
-                ref_items = eval_set.reference or P.folder_or_list(options.reference).items
-                source = str(options.reference) if options.reference else f"{eval_set.name} reference"
-                stats_ref = reference_stats(backbones, [i.path for i in ref_items], size, channels, batch, timer,
-                                            progress)
-            ref_meta = {"source": source, "image_size": size,
-                        "inception_sha256": backbones.digests.get("inception-v3-compat", "")}
-            _save_stats(Path(stats_file or out_dir / "reference_stats.safetensors"), stats_ref, ref_meta)
+                if options.reference:
+                    ref_items, source, name = (P.folder_or_list(options.reference).items, str(options.reference),
+                                               Path(options.reference).stem)
+                else:
+                    ref_items, source, name = eval_set.reference, eval_set.reference_name, eval_set.name
+                paths = [i.path for i in ref_items]
+                stats_file = Path(stats_file) if stats_file else None
+                if stats_file is None and all(p.is_file() for p in paths):
+                    stats_file = reference_cache_path(name, paths, size, channels, inception_sha256)
+                    if stats_file.is_file():
+                        stats_ref, _ = load_stats(stats_file)
+                        statistics_read = True
+                        log.info("FID reference statistics read from the cache %s", stats_file)
+                if stats_ref is None:
+                    stats_ref = reference_stats(backbones, paths, size, channels, batch, timer, progress,
+                                                options.max_pixels)
+            ref_meta = {"source": source, "image_size": size, "inception_sha256": inception_sha256}
+            if not statistics_read:
+                _save_stats(stats_file, stats_ref, ref_meta)
         elif (int(ref_meta.get("image_size", size)) != size or ref_meta.get("inception_sha256")
               != backbones.digests.get("inception-v3-compat")):
             raise PaletteError(f"--reference-stats {stats_file} was computed at {ref_meta.get('image_size')} px with "
                                f"Inception weights {str(ref_meta.get('inception_sha256'))[:8]}...: not comparable "
                                "with this evaluation; delete it or give another file")
-        reference = {"source": ref_meta.get("source"), "n": stats_ref.n}
+        reference = {"source": ref_meta.get("source"), "n": stats_ref.n, "statistics": str(stats_file),
+                     "statistics_read_from_file": statistics_read}
     if inception_metrics:
         pool = torch.cat(acc["pool"]).numpy()
         if "fid" in wanted:
@@ -365,7 +466,11 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
     for name in ("psnr", "ssim"):
         if name in wanted:
             figures[name] = float(torch.cat(acc[name]).mean())
-    return {"metrics": figures, "reference": reference, "weights": dict(backbones.digests),
+    pairs_used = MT.DIVERSITY_PAIRS[options.diversity]
+    diversity = {"pairs": options.diversity, **{m: MT.DIVERSITY_DESCRIPTIONS[pairs_used[m]]
+                                                for m in ("lpips", "ms-ssim") if m in wanted}}
+    return {"metrics": figures, "absent_metrics": absent, "reference": reference,
+            "diversity": diversity if len(diversity) > 1 else None, "weights": dict(backbones.digests),
             "seconds_per_1000_images": timer.per_1000(),
             "ms_ssim_scales": MT.ms_ssim_scales(size) if "ms-ssim" in wanted else None}
 
@@ -389,14 +494,14 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def write_sheet(eval_set: P.EvalSet, out_dir: Path, num_samples: int, size: int, channels: int,
-                rows: int = 8) -> Path:
+                rows: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """input | samples (up to 4) | original, for the first ``rows`` images."""
     shown = min(num_samples, 4)
     grid = []
     for item in eval_set.items[:rows]:
         grid.append([load_image(out_dir / "inputs" / f"{item.id}.png", channels) * 2 - 1,
-                     *(load_image(sample_paths(out_dir, item, k), channels) * 2 - 1 for k in range(shown)),
-                     prepare(item.path, size, channels) * 2 - 1])
+                     *(read_sample(sample_paths(out_dir, item, k), size, channels) * 2 - 1 for k in range(shown)),
+                     prepare(item.path, size, channels, max_pixels) * 2 - 1])
     sheet = compose_sheet(grid, ["input", *(f"sample {k + 1}" for k in range(shown)), "original"],
                           scale=max(1, 128 // size))
     path = out_dir / "sheet.png"
@@ -406,17 +511,42 @@ def write_sheet(eval_set: P.EvalSet, out_dir: Path, num_samples: int, size: int,
 
 def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Path, shard: tuple[int, int] = (0, 1),
              device: str | torch.device = "cpu", progress: bool = True, checkpoint: str = "",
-             processes=None) -> dict | None:
+             processes=None, weights_file: Path | None = None) -> dict | None:
     """Generate (this shard's pending images), then, unless sharded, compute and write the metrics and table.
 
     With launched ``processes``, all of them generate and run the metric backbones on their shares, and the main one
-    computes the figures (the others return None)."""
+    computes the figures (the others return None). ``samples/manifest.json`` records what makes the samples (the
+    digest of ``weights_file``, else of the network's tensors, the sampler, steps, seed, ...): a run that would
+    make them otherwise refuses to add to them."""
     out_dir = Path(out_dir)
     if options.limit is not None:
-        eval_set = P.EvalSet(eval_set.name, eval_set.items[: options.limit], eval_set.reference)
+        eval_set = dataclasses.replace(eval_set, items=eval_set.items[: options.limit])
     unknown = set(options.metrics) - set(METRICS)
     if unknown:
         raise PaletteError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose among {', '.join(METRICS)}")
+    if options.diversity not in MT.DIVERSITY_PAIRS:
+        raise PaletteError(f"--diversity {options.diversity!r} is unknown: choose one of "
+                           f"{', '.join(MT.DIVERSITY_PAIRS)}")
+    check_seed(options.seed)
+    size, channels = model.config.model.image_size, model.config.model.channels
+    d = model.config.diffusion
+    steps, schedule = check_sampling_args(model, options.steps, options.sampler, options.schedule,
+                                          options.num_samples, eta=options.eta)
+    sampler = options.sampler or d.sampler
+    condition = {"inpainting": {"mask": MaskSource(options, size, 0).name if options.mask_file is None
+                                else f"{options.mask_file}:{options.mask_category}"},
+                 "uncropping": {"mask": options.mask or DEFAULT_MASK["uncropping"]},
+                 "jpeg": {"quality": options.quality}}.get(options.task, {})
+    made_by = {"weights_sha256": weights_digest(model, weights_file), "task": options.task, "protocol": eval_set.name,
+               "condition": condition, "sampler": sampler, "steps": steps, "schedule": schedule,
+               "eta": d.eta if options.eta is None else options.eta, "seed": options.seed}
+    launched = processes is not None and processes.world > 1
+    problem = check_manifest(out_dir, made_by) if not launched or processes.main else None
+    if launched:  # every process stops, or none
+        problem = processes.from_main(problem)
+    if problem:
+        raise PaletteError(f"--out {out_dir}: {problem}. Use another --out, or delete {out_dir / 'samples'} to start "
+                           "over")
     start = time.perf_counter()
     sampled = generate(model, eval_set, options, out_dir, shard, progress, processes)
     generation_seconds = time.perf_counter() - start
@@ -425,28 +555,21 @@ def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Pa
     if shard[1] > 1:
         log.info("shard %d/%d: sampled %d images into %s", shard[0], shard[1], sampled, out_dir)
         return None
-    size, channels = model.config.model.image_size, model.config.model.channels
     result = compute_metrics(eval_set, options, out_dir, size, channels, device, progress, processes)
     if result is None:  # a process other than the main one: its share is with the main one
         return None
-    d = model.config.diffusion
-    steps, _ = check_sampling_args(model, options.steps, options.sampler, options.schedule, options.num_samples)
-    sampler = options.sampler or d.sampler
     name = options.name or f"{Path(checkpoint).name or 'model'} ({sampler}, {steps} steps)"
-    condition = {"inpainting": {"mask": MaskSource(options, size, 0).name if options.mask_file is None
-                                else f"{options.mask_file}:{options.mask_category}"},
-                 "uncropping": {"mask": options.mask or DEFAULT_MASK["uncropping"]},
-                 "jpeg": {"quality": options.quality}}.get(options.task, {})
     result = {
         "name": name, "task": options.task, "protocol": eval_set.name, "num_images": len(eval_set.items),
-        "num_samples": options.num_samples, "checkpoint": str(checkpoint), "sampler": sampler, "steps": steps,
+        "num_samples": options.num_samples, "checkpoint": str(checkpoint),
+        "weights_sha256": made_by["weights_sha256"], "sampler": sampler, "steps": steps,
         "seed": options.seed, "condition": condition, **result,
         "generation_seconds_this_run": round(generation_seconds, 2), "images_sampled_this_run": sampled,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
     }
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out_dir / "table.md").write_text(markdown_table([result]))
-    write_sheet(eval_set, out_dir, options.num_samples, size, channels)
+    write_sheet(eval_set, out_dir, options.num_samples, size, channels, max_pixels=options.max_pixels)
     return result
 
 

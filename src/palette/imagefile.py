@@ -4,11 +4,17 @@ Pillow reads a 16-bit colour PNG or TIFF as 8 bits per channel, so those go else
 ships with scikit-image), and PNG with 16-bit samples through the small codec below (zlib and numpy, PNG spec 1.2,
 non-interlaced). A file decodes to a float tensor (C, H, W) in [0, 1] with C = 1 or 3; transparency is composited
 onto white.
+
+Every reader checks the size a file's header claims against one pixel limit (:func:`check_pixels`, default
+:data:`DEFAULT_MAX_PIXELS`) before it decodes anything: a few hundred bytes of PNG can claim 12000x12000 pixels and
+take gigabytes to decode (docs/limits.md).
 """
 
 from __future__ import annotations
 
+import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +23,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .errors import PaletteError
+
+# 64 million pixels (8000x8000): above the 61 MP of the largest common camera sensors, and about 5 GB at most to
+# sample (a 196 MP 16-bit PNG made `palette sample` peak at 15.3 GB)
+DEFAULT_MAX_PIXELS = 64_000_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (palette images stay with Pillow)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -29,6 +40,44 @@ class ImageInfo:
     height: int
     channels: int  # 1 (gray) or 3 (colour), transparency not counted
     bits: int  # 8, or 16 for 16-bit samples
+
+
+_RAISE_THE_LIMIT = ("if the file is trusted, raise the limit (--max-pixels; data.max_pixels for training; "
+                    "max_pixels= in the Python API)")
+
+
+class PixelLimitError(PaletteError):
+    """An image whose header claims more pixels than the pixel limit (refused before decoding)."""
+
+
+def check_pixels(name: str | Path, width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse an image of ``width`` x ``height`` above ``max_pixels`` (None: no limit of palette's own; Pillow still
+    refuses what it decodes above twice ``PIL.Image.MAX_IMAGE_PIXELS``), naming it by ``name``."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise PixelLimitError(f"{name} is {width}x{height} ({width * height:,} pixels), above the pixel limit of "
+                              f"{max_pixels:,}: {_RAISE_THE_LIMIT}")
+
+
+def _open_pil(path: Path, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` with palette's pixel limit in place of Pillow's own (a warning above 89 MP, an error above
+    179 MP)."""
+    if max_pixels is not None and max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+        Image.MAX_IMAGE_PIXELS = max_pixels  # only ever raised, when a user raises palette's limit above Pillow's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, with the file's name
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as err:  # above twice Pillow's limit: it refuses before telling the size
+            claimed = re.search(r"\((\d+) pixels\)", str(err))
+            count = f"{int(claimed[1]):,}" if claimed else "too many"
+            raise PixelLimitError(f"{path} has {count} pixels, above the pixel limit of {max_pixels:,}: "
+                                  f"{_RAISE_THE_LIMIT}") from None
+    try:
+        check_pixels(path, *img.size, max_pixels)
+    except PixelLimitError:
+        img.close()
+        raise
+    return img
 
 
 def _is_tiff(path: Path) -> bool:
@@ -45,12 +94,14 @@ def _png_header(path: Path) -> tuple[int, int, int, int, int] | None:
     return width, height, depth, colour, interlace
 
 
-def probe(path: str | Path) -> ImageInfo:
-    """Size, channels and bit depth from the file's header (raises OSError/ValueError for what is not an image)."""
+def probe(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Size, channels and bit depth from the file's header (raises OSError/ValueError for what is not an image, and
+    :class:`PixelLimitError` for an image above ``max_pixels``)."""
     path = Path(path)
     png = _png_header(path)
     if png is not None:
         width, height, depth, colour, _ = png
+        check_pixels(path, width, height, max_pixels)
         return ImageInfo(width, height, 1 if colour in (0, 4) else 3, 16 if depth == 16 else 8)
     if _is_tiff(path):
         import tifffile
@@ -59,21 +110,25 @@ def probe(path: str | Path) -> ImageInfo:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 samples = page.samplesperpixel - (1 if page.extrasamples else 0)
+                check_pixels(path, page.imagewidth, page.imagelength, max_pixels)
                 return ImageInfo(page.imagewidth, page.imagelength, 1 if samples == 1 else 3,
                                  16 if page.bitspersample > 8 else 8)
         except (tifffile.TiffFileError, IndexError, ValueError):
             pass  # not a TIFF that tifffile reads: Pillow may
-    with Image.open(path) as img:
+    with _open_pil(path, max_pixels) as img:
         w, h = img.size
         return ImageInfo(w, h, 1 if img.mode in _GRAY_MODES else 3, 16 if img.mode in _SIXTEEN_BIT_MODES else 8)
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file into a float tensor (C, H, W) in [0, 1], C = 1 or 3, without losing precision."""
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Decode an image file into a float tensor (C, H, W) in [0, 1], C = 1 or 3, without losing precision.
+
+    The header is checked against ``max_pixels`` first (:class:`PixelLimitError`)."""
     path = Path(path)
+    probe(path, max_pixels)
     png = _png_header(path)
     if png is not None and png[2] == 16 and png[3] != 0:  # 16-bit colour or gray+alpha: Pillow would drop bits
-        return array_to_tensor(read_png16(path))
+        return array_to_tensor(read_png16(path, max_pixels))
     if _is_tiff(path):
         import tifffile
 
@@ -81,7 +136,7 @@ def read_image(path: str | Path) -> torch.Tensor:
             return array_to_tensor(tifffile.imread(path, key=0))
         except (tifffile.TiffFileError, ValueError, NotImplementedError, KeyError):
             pass  # a compression tifffile cannot decode alone: Pillow may
-    with Image.open(path) as img:
+    with _open_pil(path, max_pixels) as img:
         img = ImageOps.exif_transpose(img)
         img.load()
     return pil_to_tensor(img)
@@ -177,23 +232,25 @@ def _unfilter(raw: np.ndarray, bpp: int) -> np.ndarray:
     return out
 
 
-def read_png16(path: str | Path) -> np.ndarray:
+def read_png16(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A non-interlaced PNG with 16-bit samples as a uint16 array (H, W) or (H, W, C)."""
-    data = Path(path).read_bytes()
     header = _png_header(Path(path))
     if header is None:
         raise ValueError(f"{path} is not a PNG file")
     width, height, depth, colour, interlace = header
+    check_pixels(path, width, height, max_pixels)
+    data = Path(path).read_bytes()
     if depth != 16 or colour not in _PNG_CHANNELS:
         raise ValueError(f"{path}: read_png16 reads 16-bit gray or colour PNGs, not bit depth {depth}, colour type {colour}")
     if interlace:
         raise ValueError(f"{path}: interlaced 16-bit PNG files are not supported; save it without interlacing")
     samples = _PNG_CHANNELS[colour]
-    try:
-        pixels = zlib.decompress(b"".join(body for kind, body in _chunks(data) if kind == b"IDAT"))
+    stride = width * samples * 2
+    try:  # never more than the header's size: a small file can inflate to gigabytes
+        pixels = zlib.decompressobj().decompress(b"".join(body for kind, body in _chunks(data) if kind == b"IDAT"),
+                                                 height * (stride + 1))
     except zlib.error as err:
         raise ValueError(f"{path}: the PNG image data is damaged ({err})") from None
-    stride = width * samples * 2
     if len(pixels) < height * (stride + 1):
         raise ValueError(f"{path}: the PNG image data is truncated")
     raw = np.frombuffer(pixels, dtype=np.uint8)[: height * (stride + 1)].reshape(height, stride + 1)

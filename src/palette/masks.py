@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -17,6 +18,11 @@ FREE_FORM_PROBABILITY = 0.6  # the paper: free-form strokes with p = 0.6, rectan
 RECTANGLE_COVERAGE = (0.10, 0.40)
 EVAL_FREE_FORM_RANGES = {"10-20": (0.10, 0.20), "20-30": (0.20, 0.30), "30-40": (0.30, 0.40)}
 UNCROP_SIDES = ("left", "right", "top", "bottom")
+# DeepFillv2's brush strokes (its released code's brush_stroke_mask): 1-3 strokes of 4-11 segments, width 12-40 px
+DEEPFILL_MAX_STROKES = 3
+DEEPFILL_VERTICES = (4, 11)
+DEEPFILL_WIDTH = (12, 40)
+DEEPFILL_MEAN_ANGLE, DEEPFILL_ANGLE_RANGE = 2 * math.pi / 5, 2 * math.pi / 15
 
 
 def coverage(mask: np.ndarray) -> float:
@@ -24,11 +30,73 @@ def coverage(mask: np.ndarray) -> float:
     return float(np.mean(mask))
 
 
-def _stroke(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
-    """One brush stroke of DeepFillv2's Algorithm 1: a polyline of random vertices drawn with a thick brush."""
+@dataclass(frozen=True)
+class BrushStroke:
+    """One brush stroke: a polyline through ``points`` ((x, y) pixels) drawn ``width`` pixels wide."""
+
+    points: tuple[tuple[int, int], ...]
+    width: int
+
+
+def deepfill_strokes(h: int, w: int, rng: np.random.Generator) -> list[BrushStroke]:
+    """The strokes of one DeepFillv2 training mask (Yu et al. 2019; ``brush_stroke_mask`` of its released code).
+
+    1-3 strokes of 4-11 segments; each stroke draws its angle window [mean - U(0, range), mean + U(0, range)] once and
+    every segment's angle from it (alternately mirrored), segment lengths ~ N(r, r // 2) clipped to [0, 2r] with
+    r = sqrt(h^2 + w^2) / 8, integer vertices clipped to the image, width int(U(12, 40)) at 256 px (scaled with the
+    image). The draws and their order are the original's, so at 256x256 a seed gives its masks.
+    """
+    unit = min(h, w) / 256.0
+    radius = math.hypot(h, w) / 8
+    strokes = []
+    for _ in range(int(rng.integers(1, DEEPFILL_MAX_STROKES + 1))):
+        num_vertex = int(rng.integers(DEEPFILL_VERTICES[0], DEEPFILL_VERTICES[1] + 1))
+        angle_min = DEEPFILL_MEAN_ANGLE - rng.uniform(0, DEEPFILL_ANGLE_RANGE)
+        angle_max = DEEPFILL_MEAN_ANGLE + rng.uniform(0, DEEPFILL_ANGLE_RANGE)
+        angles = [rng.uniform(angle_min, angle_max) for _ in range(num_vertex)]
+        angles = [2 * math.pi - a if i % 2 == 0 else a for i, a in enumerate(angles)]
+        # (DeepFillv2 reads PIL's (width, height) as (h, w): the same for its square crops; here x spans the width)
+        points = [(int(rng.integers(0, w)), int(rng.integers(0, h)))]
+        for angle in angles:
+            length = np.clip(rng.normal(radius, radius // 2), 0, 2 * radius)
+            x = int(np.clip(points[-1][0] + length * math.cos(angle), 0, w))
+            y = int(np.clip(points[-1][1] + length * math.sin(angle), 0, h))
+            points.append((x, y))
+        width = max(1, int(rng.uniform(*DEEPFILL_WIDTH) * unit))
+        strokes.append(BrushStroke(tuple(points), width))
+    return strokes
+
+
+def draw_strokes(h: int, w: int, strokes: list[BrushStroke]) -> np.ndarray:
+    """The (h, w) mask of ``strokes``: each polyline with round joints (a disc of the brush at every vertex)."""
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    for stroke in strokes:
+        draw.line(list(stroke.points), fill=1, width=stroke.width)
+        half = stroke.width // 2
+        for x, y in stroke.points:
+            draw.ellipse((x - half, y - half, x + half, y + half), fill=1)
+    return np.asarray(canvas, dtype=bool).copy()
+
+
+def free_form_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A training mask of DeepFillv2's brush strokes (:func:`deepfill_strokes`), unflipped.
+
+    DeepFillv2's code means to flip the mask at random but drops the flipped image (``mask.transpose(...)`` unused),
+    so its masks never are; neither are these.
+    """
+    return draw_strokes(h, w, deepfill_strokes(h, w, rng))
+
+
+def _evaluation_stroke(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
+    """One stroke of the evaluation masks: 4-12 vertices, an angle drawn per vertex, width U(12, 40) at 256 px.
+
+    palette's first free-form generator, kept for the ``freeform-*`` evaluation masks so that their masks (and
+    evaluations already on disk, resumed or compared) stay the same.
+    """
     unit = min(h, w) / 256.0
     num_vertex = int(rng.integers(4, 13))
-    mean_angle, angle_range = 2 * math.pi / 5, 2 * math.pi / 15
+    mean_angle, angle_range = DEEPFILL_MEAN_ANGLE, DEEPFILL_ANGLE_RANGE
     width = max(1, int(round(rng.uniform(12, 40) * unit)))
     radius = math.hypot(h, w) / 8
     angles = []
@@ -46,29 +114,16 @@ def _stroke(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator)
         draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=1)
 
 
-def free_form_mask(h: int, w: int, rng: np.random.Generator, max_strokes: int = 4) -> np.ndarray:
-    """1 to ``max_strokes`` brush strokes (DeepFillv2, Yu et al. 2019, Algorithm 1), randomly flipped."""
-    canvas = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(1, max_strokes + 1))):
-        _stroke(draw, h, w, rng)
-    mask = np.asarray(canvas, dtype=bool)
-    if rng.random() < 0.5:
-        mask = mask[:, ::-1]
-    if rng.random() < 0.5:
-        mask = mask[::-1, :]
-    return np.ascontiguousarray(mask)
-
-
 def free_form_mask_with_coverage(h: int, w: int, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
-    """Brush strokes added one at a time until the coverage lies in [low, high]; an overshoot starts again."""
+    """Evaluation brush strokes (:func:`_evaluation_stroke`) added one at a time until the coverage lies in
+    [low, high]; an overshoot starts again."""
     if not 0 <= low < high <= 1:
         raise ValueError(f"coverage range must satisfy 0 <= low < high <= 1, got ({low}, {high})")
     for _ in range(10_000):
         canvas = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(canvas)
         for _ in range(64):
-            _stroke(draw, h, w, rng)
+            _evaluation_stroke(draw, h, w, rng)
             mask = np.asarray(canvas, dtype=bool)
             c = coverage(mask)
             if c > high:

@@ -1,5 +1,5 @@
 """The paper's metrics: FID, KID, IS, classification accuracy (CA), perceptual distance (PD), sample diversity
-(pairwise LPIPS and MS-SSIM), and PSNR / SSIM for restoration.
+(LPIPS and MS-SSIM between samples of one input: the paper's pairs, or all pairs), and PSNR / SSIM for restoration.
 
 Backbones (their weights come from :mod:`palette.weights`; nothing downloads here):
 
@@ -7,7 +7,9 @@ Backbones (their weights come from :mod:`palette.weights`; nothing downloads her
   torchmetrics uses too): the 2048-d pool features for FID and KID and the 1008 unbiased logits for IS, from one
   forward pass on uint8 images (it resizes to 299 itself, bilinearly as TensorFlow 1 did).
 - ResNet-50 (torchvision, ImageNet) for CA and GoogLeNet / Inception-v1 (torchvision) 1024-d pool features for PD,
-  both on ImageNet preprocessing: shorter side to 256, centre crop 224, mean/std normalisation.
+  both on ImageNet preprocessing: shorter side to 256, centre crop 224, mean/std normalisation. Neither is exactly
+  the paper's: its PD used TensorFlow's Inception-v1, whose weights differ from torchvision's GoogLeNet, and its
+  appendix names EfficientNet-B0 for CA where its text says ResNet-50 (docs/evaluation.md).
 - LPIPS (AlexNet backbone + the linear heads shipped in torchmetrics) for diversity.
 
 FID is computed exactly in float64: with raw features of both sets and fewer samples than feature dimensions, through
@@ -265,10 +267,41 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                                                           reduction="none", normalize="relu")
 
 
-def pairwise_mean(samples: torch.Tensor, distance) -> float:
-    """Mean of ``distance`` over all unordered pairs of the K samples (K, C, H, W) of one input."""
-    pairs = list(combinations(range(len(samples)), 2))
+def first_to_others(k: int) -> list[tuple[int, int]]:
+    """Sample 0 against each other sample: the paper's MS-SSIM diversity pairs."""
+    return [(0, j) for j in range(1, k)]
+
+
+def consecutive(k: int) -> list[tuple[int, int]]:
+    """Samples (j, j + 1): the paper's LPIPS diversity pairs (BicycleGAN's protocol)."""
+    return [(j, j + 1) for j in range(k - 1)]
+
+
+def all_pairs(k: int) -> list[tuple[int, int]]:
+    """Every unordered pair of samples."""
+    return list(combinations(range(k), 2))
+
+
+# which pairs of an input's K samples each diversity figure averages over
+DIVERSITY_PAIRS = {
+    "paper": {"lpips": consecutive, "ms-ssim": first_to_others},
+    "all-pairs": {"lpips": all_pairs, "ms-ssim": all_pairs},
+}
+DIVERSITY_DESCRIPTIONS = {
+    consecutive: "consecutive samples (k, k+1), as BicycleGAN and the paper",
+    first_to_others: "the first sample against each other sample, as the paper",
+    all_pairs: "every unordered pair of samples",
+}
+
+
+def mean_over_pairs(samples: torch.Tensor, distance, pairs: list[tuple[int, int]]) -> float:
+    """Mean of ``distance`` over ``pairs`` (indices into the K samples (K, C, H, W) of one input)."""
     if not pairs:
         return float("nan")
     i, j = zip(*pairs)
     return float(distance(samples[list(i)], samples[list(j)]).mean())
+
+
+def pairwise_mean(samples: torch.Tensor, distance) -> float:
+    """Mean of ``distance`` over all unordered pairs of the K samples (K, C, H, W) of one input."""
+    return mean_over_pairs(samples, distance, all_pairs(len(samples)))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .diffusion import NoiseSchedule, ancestral_sample, per_image_loss, q_sample, sample_gamma
+from .diffusion import NoiseSchedule, ancestral_sample, ddim_sample, per_image_loss, q_sample, sample_gamma
 from .samplers import SCHEDULES, check_sampler, make_scheduler, scheduler_sample
 from .tiling import TiledDenoiser
 from .unet import UNet
@@ -87,9 +87,10 @@ class PaletteModel(nn.Module):
     ) -> torch.Tensor:
         """Samples y ~ p(y | x) in [-1, 1] with ``steps`` network evaluations.
 
-        ``sampler`` is ``ancestral`` (the paper's; its 1000-step schedule respaced to ``steps``), ``ddim``,
-        ``dpmpp-2m``, ``dpmpp-2m-sde`` or ``unipc``; ``schedule`` is ``inference`` (the paper's 1e-4..0.09) or
-        ``training`` (the trained gamma range). Unset arguments take the config's ``diffusion`` values.
+        ``sampler`` is ``ancestral`` (the paper's; its 1000-step schedule respaced to ``steps``), ``ddim`` (on the
+        same levels; ``eta`` is its noise and must be 0 for the others), ``dpmpp-2m``, ``dpmpp-2m-sde`` or
+        ``unipc``; every sampler clips its y0 estimates when ``diffusion.clip_denoised``. ``schedule`` is
+        ``inference`` (the paper's 1e-4..0.09) or ``training`` (the trained gamma range). Unset arguments take the config's ``diffusion`` values.
         ``mask`` (B, 1, H, W) is 1 where the model generates; elsewhere the result is ``known`` exactly.
         ``seeds`` gives each image its own generator (default: 0, 1, ...); the same seed gives the same image,
         whatever else is in the batch, up to floating-point rounding: convolution kernels depend on the batch size.
@@ -103,12 +104,12 @@ class PaletteModel(nn.Module):
         eta = d.eta if eta is None else eta
         schedule = schedule or d.sample_schedule
         steps = d.sample_steps if steps is None else steps
-        check_sampler(sampler)
+        check_sampler(sampler, eta)
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        walk = self.inference_schedule if schedule == "inference" else self.train_schedule
-        if not 1 <= steps <= walk.steps:
-            raise ValueError(f"steps must be between 1 and the {schedule} schedule's {walk.steps}, got {steps}")
+        levels = self.inference_schedule if schedule == "inference" else self.train_schedule
+        if not 1 <= steps <= levels.steps:
+            raise ValueError(f"steps must be between 1 and the {schedule} schedule's {levels.steps}, got {steps}")
         seeds = list(range(x.shape[0])) if seeds is None else list(seeds)
         if len(seeds) != x.shape[0]:
             raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]}")
@@ -124,15 +125,13 @@ class PaletteModel(nn.Module):
         denoiser = self._one_at_a_time if batch_invariant else self.net
         if tile_overlap is not None:
             denoiser = TiledDenoiser(denoiser, self.config.model.image_size, tile_overlap, max(16, x.shape[0]), mask)
+        common = dict(known=known, mask=mask, generator=generators, callback=callback)
         if sampler == "ancestral":
-            return ancestral_sample(
-                denoiser, x, walk.respaced(steps), noise, known=known, mask=mask, generator=generators,
-                clip_denoised=d.clip_denoised, callback=callback,
-            )
-        return scheduler_sample(
-            denoiser, x, make_scheduler(sampler, walk), steps, noise, known=known, mask=mask,
-            generator=generators, eta=eta, callback=callback,
-        )
+            return ancestral_sample(denoiser, x, levels.respaced(steps), noise, clip_denoised=d.clip_denoised, **common)
+        if sampler == "ddim":
+            return ddim_sample(denoiser, x, levels.respaced(steps), noise, eta=eta, clip_denoised=d.clip_denoised,
+                               **common)
+        return scheduler_sample(denoiser, x, make_scheduler(sampler, levels, d.clip_denoised), steps, noise, **common)
 
     def _one_at_a_time(self, x: torch.Tensor, y_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.net(x[i : i + 1], y_t[i : i + 1], gamma[i : i + 1]) for i in range(x.shape[0])])

@@ -1,17 +1,21 @@
-"""Fast samplers: diffusers' DDIM, DPM-Solver++ (2M and SDE) and UniPC, driven through noise-level conditioning.
+"""Fast samplers: DPM-Solver++ (2M and SDE) and UniPC from diffusers, driven through noise-level conditioning.
 
-The paper's ancestral sampler lives in :mod:`palette.diffusion`. The solvers here are diffusers' scheduler objects;
-palette only maps each scheduler timestep t to the noise level the network is conditioned on,
-gamma = alphas_cumprod[t] of the discrete schedule the scheduler was built with, and keeps the known pixels of
-inpainting and uncropping exact after every step.
+The paper's ancestral sampler and DDIM live in :mod:`palette.diffusion`, on palette's own respaced levels. The
+solvers here are diffusers' scheduler objects; palette only maps each scheduler timestep t to the noise level the
+network is conditioned on, gamma = alphas_cumprod[t] of the discrete schedule the scheduler was built with, and keeps
+the known pixels of inpainting and uncropping exact after every step.
 
-- DDIM: Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models" (``eta`` = 0 deterministic, 1 ancestral-like).
 - DPM-Solver++(2M) and its SDE variant: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
   Diffusion Probabilistic Models".
 - UniPC: Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models".
 
-Every solver clips its y0 estimate to [-1, 1] as the paper's sampler does (DDIM's ``clip_sample``; for the others,
-diffusers' dynamic thresholding with ``sample_max_value = 1``, which is exactly a clip to [-1, 1]).
+DDIM is palette's own because diffusers' DDIMScheduler steps from t to t - T // N while its "trailing" timesteps
+have unequal strides whenever N does not divide T: for 44 of N = 2..100 on the inference schedule the last step
+then ends short of gamma = 1 (e.g. at 0.9999) and leaves up to 1% of eps-hat in the output. The multistep solvers here
+step between the timesteps they list, and land on sigma = 0.
+
+With ``clip_denoised`` (the default) every solver clips its y0 estimate to [-1, 1] as the paper's sampler does
+(diffusers' dynamic thresholding with ``sample_max_value = 1``, which is exactly a clip to [-1, 1]).
 """
 
 from __future__ import annotations
@@ -22,37 +26,63 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .diffusion import Denoiser, NoiseSchedule
+from .diffusion import Denoiser, NoiseSchedule, noise_level
 
 SAMPLERS = ("ancestral", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
 SCHEDULES = ("inference", "training")
 
 
-def check_sampler(name: str) -> None:
+SOLVERS = ("dpmpp-2m", "dpmpp-2m-sde", "unipc")  # the samplers that are diffusers schedulers
+ETA_SAMPLERS = ("ddim",)  # the samplers that take eta
+
+
+def check_sampler(name: str, eta: float = 0.0) -> None:
+    """Raise ValueError for an unknown sampler or an ``eta`` the sampler would ignore."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    if not (eta == 0 or name in ETA_SAMPLERS):
+        raise ValueError(f"eta is DDIM's noise and does nothing for the {name} sampler: leave it at 0 or use ddim")
+    if not eta >= 0:
+        raise ValueError(f"eta must be 0 or more, got {eta}")
 
 
-def make_scheduler(name: str, schedule: NoiseSchedule):
+def make_scheduler(name: str, schedule: NoiseSchedule, clip_denoised: bool = True):
     """A diffusers scheduler over the discrete schedule ``schedule`` (its betas passed as ``trained_betas``)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-    check_sampler(name)
+    if name not in SOLVERS:
+        raise ValueError(f"{name} is palette's own sampler, not a diffusers scheduler")
     c = schedule.config
     # "trailing" spacing starts at the schedule's last level and, like palette's respacing, gives N distinct
     # timesteps for every N up to T (diffusers' "linspace" repeats timesteps when N is close to T).
     common = dict(num_train_timesteps=c.steps, trained_betas=np.linspace(c.beta_start, c.beta_end, c.steps),
                   prediction_type="epsilon", timestep_spacing="trailing")
-    clip = dict(thresholding=True, sample_max_value=1.0)  # dynamic thresholding with s = 1: a clip to [-1, 1]
-    if name == "ddim":
-        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True)
+    # dynamic thresholding with s = 1 is a clip to [-1, 1]
+    clip = dict(thresholding=True, sample_max_value=1.0) if clip_denoised else dict(thresholding=False)
     if name == "dpmpp-2m":
         return DPMSolverMultistepScheduler(**common, **clip, algorithm_type="dpmsolver++", solver_order=2)
     if name == "dpmpp-2m-sde":
         return DPMSolverMultistepScheduler(**common, **clip, algorithm_type="sde-dpmsolver++", solver_order=2)
-    if name == "unipc":
-        return UniPCMultistepScheduler(**common, **clip, solver_order=2)
-    raise ValueError(f"{name} is palette's own sampler, not a diffusers scheduler")
+    return UniPCMultistepScheduler(**common, **clip, solver_order=2)
+
+
+def set_trailing_timesteps(scheduler, steps: int) -> None:
+    """``scheduler.set_timesteps(steps)``, repaired where diffusers lists one timestep too many.
+
+    diffusers builds "trailing" timesteps as ``np.arange(T, 0, -T / N)``, whose floating-point end point lets a
+    spurious (N+1)-th timestep -1 through for some N (61, 103, 121, 122, 201, ... on both of palette's schedules).
+    That extra step conditions the network on alphas_cumprod[-1], the noisiest level, right before the end. The first N timesteps
+    are the right ones: keep them and end the sigmas at 0, as diffusers' own tail of ``set_timesteps`` does.
+    """
+    scheduler.set_timesteps(steps, device="cpu")
+    if len(scheduler.timesteps) == steps:
+        return
+    if scheduler.config.final_sigmas_type != "zero" or len(scheduler.timesteps) != steps + 1:
+        raise RuntimeError(f"unexpected {type(scheduler).__name__} timesteps for {steps} steps: "
+                           f"{scheduler.timesteps.tolist()}")
+    scheduler.timesteps = scheduler.timesteps[:steps]
+    scheduler.sigmas = torch.cat([scheduler.sigmas[:steps], scheduler.sigmas.new_zeros(1)])
+    scheduler.num_inference_steps = steps
 
 
 def scheduler_sample(
@@ -64,7 +94,6 @@ def scheduler_sample(
     known: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     generator: list[torch.Generator] | None = None,
-    eta: float = 0.0,
     callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run a diffusers scheduler for ``steps`` network evaluations, the network conditioned on gamma(t).
@@ -72,20 +101,16 @@ def scheduler_sample(
     ``noise`` is y_T (the schedules here start at sigma = 1, so it is used as it is). Where ``mask`` is 0 the sample
     holds ``known`` after every step, as the network saw in training. ``callback(i, n, y, y0_hat)`` sees each step.
     """
-    scheduler.set_timesteps(steps, device="cpu")
+    set_trailing_timesteps(scheduler, steps)
     gammas = scheduler.alphas_cumprod.double()
     keep = None if mask is None else 1 - mask
     y = noise * scheduler.init_noise_sigma
     if keep is not None:
         y = y * mask + known * keep
     timesteps = list(scheduler.timesteps)
-    accepts = inspect.signature(scheduler.step).parameters
-    # DDIM: the noise direction is recomputed from the clipped y0 (diffusers' default keeps the network's eps, so
-    # its ODE differs from the other solvers' wherever the clip acts; the paper's sampler uses the clipped y0 too)
-    extra = {k: v for k, v in (("generator", generator), ("eta", eta), ("use_clipped_model_output", True))
-             if k in accepts}
+    extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for i, t in enumerate(timesteps):
-        level = torch.full((y.shape[0],), float(gammas[int(t)]), device=y.device)
+        level = noise_level(gammas[int(t)], y)
         model_input = scheduler.scale_model_input(y, t)
         eps = denoiser(x, model_input, level).float()
         out = scheduler.step(eps, t, y, **extra)
@@ -96,6 +121,7 @@ def scheduler_sample(
             y0 = getattr(out, "pred_original_sample", None)
             if y0 is None:  # the multistep solvers keep their y0 estimates in model_outputs
                 g = level.double().reshape(-1, 1, 1, 1)
-                y0 = ((model_input.double() - (1 - g).sqrt() * eps.double()) / g.sqrt()).clamp(-1, 1).float()
+                y0 = ((model_input.double() - (1 - g).sqrt() * eps.double()) / g.sqrt()).float()
+                y0 = y0.clamp(-1, 1) if scheduler.config.thresholding else y0
             callback(i + 1, len(timesteps), y, y0)
     return y

@@ -3,13 +3,17 @@
 Each input is resized to the model's size, sampled, and the samples are resized back to the input's size (times the
 factor for super-resolution, whose input is first bicubic-upsampled as in SR3), or, with tiling, sampled at its own
 size in overlapping tiles (:mod:`palette.tiling`). For inpainting and uncropping the known pixels of the output come
-from the input file at full resolution; only the hole is generated. Each input's randomness depends on (seed, sample
-index) alone, not on the other files of a folder.
+from the input file at full resolution; only the hole is generated. Sample k of an input is seeded by
+(seed, the input's key, k) (:func:`sample_seed`): the key is the file's name for ``palette sample`` and the image's
+index for ``palette eval``, so no two inputs share noise and an input's samples do not depend on the other files of a
+folder, on the batch, on the shard or on the process that draws them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,9 +26,9 @@ from . import checkpoint as ckpt
 from . import masks as M
 from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
-from .imagefile import probe, save_image
+from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe, save_image
 from .model import PaletteModel
-from .samplers import SAMPLERS, SCHEDULES
+from .samplers import SAMPLERS, SCHEDULES, check_sampler
 from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
 from .tiling import tile_starts
 from .train import configure_cuda, resolve_device
@@ -62,12 +66,16 @@ def check_task(model: PaletteModel, task: str, where: str = "checkpoint") -> Non
 
 def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A mask file (white = generate) as a boolean array; a non-binary mask is thresholded at half with a warning."""
+    h, w = size
     try:
+        probe(path, max_pixels=h * w)  # from the header, before decoding: a mask is no larger than its image
         with Image.open(path) as img:
             gray = np.asarray(img.convert("L"))
+    except PixelLimitError:
+        raise PaletteError(f"--mask {path} is larger than the image ({w}x{h}): the mask must have the image's "
+                           "size") from None
     except (OSError, ValueError) as err:
         raise PaletteError(f"--mask {path}: cannot be read as an image ({err})") from None
-    h, w = size
     if gray.shape != (h, w):
         raise PaletteError(
             f"--mask {path} is {gray.shape[1]}x{gray.shape[0]} but the image is {w}x{h}: the mask must have the "
@@ -171,7 +179,7 @@ def input_files(source: str | Path) -> list[Path]:
 
 
 def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | None, schedule: str | None,
-                        num_samples: int, flag: str = "--") -> tuple[int, str]:
+                        num_samples: int, flag: str = "--", eta: float | None = None) -> tuple[int, str]:
     """Validate the sampling arguments (``flag`` prefixes their names in messages); returns (steps, schedule)."""
     if num_samples < 1:
         name = "--num-samples" if flag else "num_samples"
@@ -183,6 +191,10 @@ def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | N
         raise PaletteError(f"{flag}schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if sampler is not None and sampler not in SAMPLERS:
         raise PaletteError(f"{flag}sampler {sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+    try:
+        check_sampler(sampler or d.sampler, d.eta if eta is None else eta)
+    except ValueError as err:
+        raise PaletteError(f"{flag}eta: {err}") from None
     limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
     if not 1 <= steps <= limit:
         raise PaletteError(f"{flag}steps must be between 1 and {limit} (the {schedule} schedule's length), got {steps}")
@@ -202,6 +214,47 @@ def tile_overlap_of(model: PaletteModel, tile: bool, overlap: int | None, flag: 
     return overlap
 
 
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` if it is a whole number from 0 to :data:`MAX_SEED`, else a PaletteError naming ``name``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise PaletteError(f"{name} must be a whole number from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
+    return int(seed)
+
+
+def output_stems(inputs: Sequence[Path]) -> list[str]:
+    """The stem of each input's output files: the file's own, or with its extension (a_png, a_jpg) where inputs share
+    a stem (compared without case, as some file systems do); a PaletteError where names would still collide."""
+    counts = Counter(path.stem.casefold() for path in inputs)
+    stems = [path.stem if counts[path.stem.casefold()] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+             for path in inputs]
+    owners: dict[str, Path] = {}
+    for path, stem in zip(inputs, stems):
+        other = owners.setdefault(stem.casefold(), path)
+        if other != path:
+            raise PaletteError(f"--input: {other} and {path} would both write {stem}_0.png: rename one of them")
+    return stems
+
+
+def input_key(key: int | str) -> int:
+    """An input's key as an integer: an index as it is, a name by the first 8 bytes of its SHA-256."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") if isinstance(key, str) else key
+
+
+def sample_seed(seed: int, key: int | str, k: int) -> int:
+    """The seed of sample ``k`` of the input ``key`` (an index, or a name such as a file's) in a run seeded ``seed``.
+
+    SeedSequence mixes the three into one 64-bit seed, so inputs never share noise (seeding every input with
+    ``seed + k`` gave image 0 and image 9,999 of an evaluation the same y_T and the same draw at every step).
+    """
+    key = input_key(key)
+    if seed < 0 or key < 0 or k < 0:
+        raise ValueError(f"seeds must be non-negative, got seed {seed}, key {key}, sample {k}")
+    return int(np.random.SeedSequence([seed, key, k]).generate_state(1, np.uint64)[0])
+
+
 def sample_conditions(
     model: PaletteModel,
     conditions: Sequence[Condition],
@@ -216,14 +269,20 @@ def sample_conditions(
     save_process: int = 0,
     batch_invariant: bool = False,
     seeds: Sequence[int] | None = None,
+    keys: Sequence[int | str] | None = None,
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """Sample every condition ``num_samples`` times, ``batch_size`` images per network call.
 
-    Returns, per condition and sample k (seed ``seed + k``, or ``seeds[i] + k`` for condition i when ``seeds`` is
-    given), the sample at the input's size in [-1, 1] and, with ``save_process`` = P > 0, a strip of the y0
-    estimates at P evenly spaced steps (the last is the final sample).
+    Sample k of condition i is seeded by :func:`sample_seed` (``seed``, ``keys[i]``, k), the keys defaulting to the
+    conditions' positions, or by ``seeds[i] + k`` when ``seeds`` is given (the panorama numbers its windows itself).
+    Returns, per condition and sample, the sample at the input's size in [-1, 1] and, with ``save_process`` = P > 0,
+    a strip of the y0 estimates at P evenly spaced steps (the last is the final sample).
     """
-    seeds = [seed] * len(conditions) if seeds is None else list(seeds)
+    if seeds is not None:
+        seed_of = lambda i, k: seeds[i] + k  # noqa: E731
+    else:
+        keys = range(len(conditions)) if keys is None else list(keys)
+        seed_of = lambda i, k: sample_seed(seed, keys[i], k)  # noqa: E731
     device = next(model.parameters()).device
     results: list[list] = [[None] * num_samples for _ in conditions]
     keep_at = set(np.linspace(1, steps, save_process).round().astype(int).tolist()) if save_process else set()
@@ -241,7 +300,7 @@ def sample_conditions(
             if i in keep_at:
                 snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
 
-        out = model.sample(x, m, known, steps=steps, seeds=[seeds[i] + k for _, i, k in chunk], callback=callback,
+        out = model.sample(x, m, known, steps=steps, seeds=[seed_of(i, k) for _, i, k in chunk], callback=callback,
                            sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant,
                            tile_overlap=first.tile_overlap)
         for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
@@ -286,8 +345,13 @@ def sample_files(
     save_process: int = 0,
     batch_invariant: bool = False,
     tile_overlap: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    stems: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
+
+    ``stems`` default to :func:`output_stems` of ``inputs``. Every input is read (a file above ``max_pixels`` pixels
+    is refused from its header) before anything is written.
 
     They are 16-bit PNG files when the input file or the model's training targets have 16-bit samples. With
     ``tile_overlap`` each image is sampled at its own size in overlapping tiles of the model's size.
@@ -298,28 +362,29 @@ def sample_files(
     from tqdm.auto import tqdm
 
     check_task(model, task)
-    steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples)
+    steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples, eta=eta)
+    check_seed(seed, "--seed")
+    stems = output_stems(inputs) if stems is None else list(stems)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     channels = model.config.model.condition_channels
-    conditions, stems, bits = [], [], []
+    conditions, bits = [], []
     for path in inputs:
         try:
-            image = load_image(path, channels)
-            depth = max(probe(path).bits, model.config.data.target_bits)
+            image = load_image(path, channels, max_pixels)
+            depth = max(probe(path, max_pixels).bits, model.config.data.target_bits)
         except (OSError, ValueError) as err:
             raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
-        cond = make_condition(model, task, image, np.random.default_rng([seed, 0]), resolve_mask(mask, image), side,
-                              tile_overlap)
-        save_image(finish_input(cond), out_dir / f"{path.stem}_input.png", depth)
-        conditions.append(cond)
-        stems.append(path.stem)
+        rng = np.random.default_rng([seed, input_key(path.name)])  # the file's own generated mask and degradation
+        conditions.append(make_condition(model, task, image, rng, resolve_mask(mask, image), side, tile_overlap))
         bits.append(depth)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stem, cond, depth in zip(stems, conditions, bits):
+        save_image(finish_input(cond), out_dir / f"{stem}_input.png", depth)
     total = network_calls(conditions, num_samples, batch_size, steps)
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
         results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
                                     on_step=lambda: bar.update(1), save_process=save_process,
-                                    batch_invariant=batch_invariant)
+                                    batch_invariant=batch_invariant, keys=[path.name for path in inputs])
     written = []
     for stem, depth, samples in zip(stems, bits, results):
         for k, (sample, strip) in enumerate(samples):

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from .data import (
     StepSampler, TrainingData, list_images, list_pairs, probe_items, scan_images, summarize_scan, training_loader,
 )
 from .diffusion import NoiseSchedule
-from .distributed import check_launched_device, from_main, gather_interleaved, process_group_kwargs
+from .distributed import (check_joined, check_launched_device, check_launcher, from_main, gather_interleaved, on_cpu,
+                          process_group_kwargs)
 from .errors import PaletteError
 from .model import PaletteModel
 from .sharding import (ShardedEMA, full_optimizer_state, full_state_dict, full_tensor, load_optimizer_state,
@@ -163,18 +165,21 @@ def make_accelerator(config: Config):
     GradientState._reset_state()
 
     name = config.train.device
+    check_launcher()
     check_launched_device(name, strict=False)  # train.device may come from the config of a resumed run
     device = resolve_device(name) if name != "auto" else None
     if device is not None and device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(device)  # one process on a chosen GPU
-    cpu = device is not None and device.type == "cpu"
+    cpu = on_cpu(name)
     if config.train.mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
         raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
     if config.train.low_precision_norm and config.train.mixed_precision == "no":
         raise PaletteError("--low-precision-norm (train.low_precision_norm) needs --mixed-precision bf16 or fp16")
     timeout = process_group_kwargs(config.train.collective_timeout_minutes)
-    return Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
-                       kwargs_handlers=[InitProcessGroupKwargs(**timeout)])
+    accelerator = Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
+                              kwargs_handlers=[InitProcessGroupKwargs(**timeout)])
+    check_joined(accelerator.num_processes)
+    return accelerator
 
 
 def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[int, ...]) -> Config:
@@ -189,12 +194,60 @@ def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[
     return dataclasses.replace(config, model=model, data=data)
 
 
+@contextlib.contextmanager
+def loader_batches(loader):
+    """The batches of a DataLoader; when the block fails, its worker processes are killed at once. They ignore SIGTERM
+    (a scheduler signals the whole job, and the training process needs them to finish its step), so Python's exit,
+    which terminates and then joins its child processes, would otherwise wait for them for ever."""
+    batches = iter(loader)
+    try:
+        yield batches
+    except BaseException:
+        kill_workers(batches)
+        raise
+
+
+def kill_workers(batches) -> None:
+    """Kill the worker processes of a DataLoader iterator (none for ``num_workers=0``). They are first taken off
+    torch's watch for dying workers, whose SIGCHLD handler would raise over the error being reported."""
+    workers = getattr(batches, "_workers", ())
+    if getattr(batches, "_worker_pids_set", False):
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+    for worker in workers:
+        worker.join(timeout=10)
+
+
 class Trainer:
+    """Trains ``config`` into ``run_dir``. The main process holds the run folder's lock (:class:`checkpoint.RunLock`)
+    from construction until :meth:`fit` ends: a second ``palette train`` on the folder is refused meanwhile."""
+
     def __init__(self, config: Config, run_dir: Path, resume: bool = False, progress: bool = True):
         config.validate()
         self.config, self.run_dir = config, Path(run_dir)
         self.accelerator = make_accelerator(config)
         self.main = self.accelerator.is_main_process
+        self.lock = ckpt.RunLock(self.run_dir) if self.main else None
+        if self.lock is not None:
+            weakref.finalize(self, self.lock.release)  # a trainer dropped without fit() lets go of the folder
+        try:
+            self._prepare(resume, progress)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let go of the run folder (the main process's lock on it)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _prepare(self, resume: bool, progress: bool) -> None:
+        config = self.config
         self.progress = progress and self.main
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
@@ -231,6 +284,7 @@ class Trainer:
             self.paths, self.task, config.model.image_size, config.model.channels, cfg.seed,
             config.data.crop_scale_min, config.data.flip, config.model.condition_channels,
             noise_schedule=None if regression else NoiseSchedule(config.diffusion.train_schedule),
+            max_pixels=config.data.max_pixels,
         )
         torch.manual_seed(cfg.seed)
         self.model = PaletteModel(config)  # the same initial weights on every process
@@ -264,8 +318,10 @@ class Trainer:
         else:
             self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir / "config.yaml")
+            try:
+                config.save(self.run_dir / "config.yaml")
+            except OSError as err:
+                raise PaletteError(f"--out {self.run_dir}: cannot write config.yaml ({err.strerror or err})") from None
 
     def _scan(self, list_items):
         """List the data files (``list_items()``) on the main process and check their headers, each process a slice
@@ -274,7 +330,8 @@ class Trainer:
         same report or the same error."""
         cfg = self.config
         if self.world == 1:
-            return scan_images(list_items(), cfg.model.image_size, cfg.data.max_bad_fraction, self.progress)
+            return scan_images(list_items(), cfg.model.image_size, cfg.data.max_bad_fraction, self.progress,
+                               cfg.data.max_pixels)
         listing = None
         if self.main:
             try:
@@ -284,7 +341,7 @@ class Trainer:
         items = from_main(listing)  # one listing for all (nodes can see a shared folder differently for a while)
         if isinstance(items, PaletteError):
             raise items
-        mine = probe_items(items[self.rank::self.world], self.progress and self.main)
+        mine = probe_items(items[self.rank::self.world], self.progress and self.main, cfg.data.max_pixels)
         outcomes = gather_interleaved(mine, len(items))
         return summarize_scan(items, outcomes, cfg.model.image_size, cfg.data.max_bad_fraction, warn=self.main)
 
@@ -400,9 +457,14 @@ class Trainer:
         self.task_losses = {}
 
     def fit(self) -> Path | None:
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm.auto import tqdm
+        """Train to ``train.steps`` (or until a time limit or a stop signal); returns the last checkpoint. The run
+        folder is let go of when it returns or fails."""
+        try:
+            return self._fit()
+        finally:
+            self.release()
 
+    def _fit(self) -> Path | None:
         cfg = self.config.train
         remaining = cfg.steps - self.step
         if remaining <= 0:
@@ -418,7 +480,15 @@ class Trainer:
                 sum(p.numel() for p in self.model.parameters()) / 1e6,
             )
         sampler = StepSampler(self.step, remaining, cfg.batch_size, self.rank, self.world)
-        loader = iter(training_loader(self.dataset, sampler, self.micro_batch, self.config.data.num_workers))
+        with loader_batches(training_loader(self.dataset, sampler, self.micro_batch,
+                                            self.config.data.num_workers)) as batches:
+            return self._train_steps(batches, remaining)
+
+    def _train_steps(self, loader, remaining: int) -> Path | None:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        cfg = self.config.train
         writer = SummaryWriter(str(self.run_dir / "logs")) if self.main else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.config.task.name}", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
