@@ -7,6 +7,7 @@ and the web app's handlers (called directly, without a browser).
 
 import io
 import json
+import os
 import shutil
 import struct
 import time
@@ -440,6 +441,10 @@ WEB_CASES = {  # name: (request arguments given the folder, expected message)
     "a panorama above the cap": (lambda d: {"task": "uncropping", "extend": 2,
                                             "limits": W.Limits(max_tiled_pixels=4000)}, "panorama would be 128x40"),
     "a panorama of all sides": (lambda d: {"task": "uncropping", "extend": 2, "side": "all"}, "A panorama extends"),
+    "samples above the output cap": (lambda d: {"samples": 2, "limits": W.Limits(max_output_pixels=2 * 48 * 40 - 1)},
+                                     "3,840 pixels together \\(2 of 48x40\\), above this server's limit of 3,839"),
+    "a JPEG claiming 20000x20000": (lambda d: {"path": jpeg_claiming(d / "huge.jpg", 20000, 20000)},
+                                    "huge.jpg claims more pixels than this server's limit"),
 }
 
 
@@ -450,6 +455,30 @@ def test_the_web_app_refuses_with_a_message(web_model, photo_dir, tmp_path, case
     with pytest.raises(PaletteError, match=match) as caught:
         _request(web_model, **kwargs)
     assert str(tmp_path) not in str(caught.value)  # the server's folders stay its own
+
+
+def test_super_resolution_output_counts_its_scale_against_the_output_cap(web_model):
+    limits = W.Limits(max_output_pixels=48 * 4 * 40 * 4)
+    W.check_request(web_model, (48, 40), "sr-x4", 1, 1, False, 0, "right", limits)
+    with pytest.raises(PaletteError, match="2 of 192x160"):
+        W.check_request(web_model, (48, 40), "sr-x4", 2, 1, False, 0, "right", limits)
+
+
+def test_a_file_above_pillows_own_limit_is_a_pixel_limit_error_without_palettes(tmp_path):
+    with pytest.raises(PixelLimitError, match="above Pillow's own limit"):
+        probe(jpeg_claiming(tmp_path / "huge.jpg", 20000, 20000), max_pixels=None)
+
+
+def test_a_panorama_above_the_pixel_limit_is_refused_before_sampling(trained_run):
+    small = Palette.load(trained_run, device="cpu", max_pixels=16 * 48 - 1)  # 16x16 grows by 16 px each extension
+    assert small.panorama(np.zeros((16, 16, 3), np.uint8), extend=1, steps=1).size == (32, 16)
+    with pytest.raises(PixelLimitError, match="the panorama \\(extend=2\\) is 48x16"):
+        small.panorama(np.zeros((16, 16, 3), np.uint8), extend=2, steps=1)
+
+
+def test_panorama_refuses_an_eta_its_sampler_would_ignore(palette):
+    with pytest.raises(PaletteError, match="eta"):
+        palette.panorama(np.zeros((16, 16, 3), np.uint8), extend=1, steps=1, sampler="ancestral", eta=0.5)
 
 
 def test_tiled_work_counts_one_evaluation_per_tile(web_model):
@@ -467,3 +496,19 @@ def test_stop_ends_a_request_at_the_next_network_evaluation(web_model, photo_dir
         _request(web_model, photo_dir / "chelsea.png", steps=50, progress=lambda done, total: seen.append(done),
                  cancelled=lambda: len(seen) >= 3)
     assert seen == [1, 2, 3]
+
+
+def test_shard_jobs_racing_to_write_the_manifest_keep_the_first_and_compare_with_it(tmp_path, monkeypatch):
+    from palette import evaluate as E
+
+    real_link = os.link
+
+    def another_job_first(src, dst):  # another shard job writes its manifest between our check and our write
+        Path(dst).write_text(json.dumps({"seed": 1}))
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", another_job_first)
+    reason = E.check_manifest(tmp_path, {"seed": 0})
+    assert "seed 1 there, 0 now" in reason
+    assert json.loads((tmp_path / "samples" / E.MANIFEST).read_text()) == {"seed": 1}
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == [E.MANIFEST]  # no temporary file left

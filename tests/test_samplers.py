@@ -163,8 +163,18 @@ def test_eta_is_refused_by_the_samplers_that_would_ignore_it(model, name):
     x, _ = _inputs(1)
     with pytest.raises(ValueError, match="eta"):
         model.sample(x, steps=2, sampler=name, eta=0.5)
+
+
+def test_the_configs_eta_is_ddims_and_leaves_the_other_samplers_alone():
+    config = apply_overrides(micro_config(), ["diffusion.sampler=ddim", "diffusion.eta=0.5"])
+    config.validate()
+    model = PaletteModel(config).eval()
+    x, _ = _inputs(1)
+    assert torch.isfinite(model.sample(x, steps=2, sampler="dpmpp-2m")).all()  # eta 0 for it, not the config's
+    noisy, plain = (model.sample(x, steps=3, sampler="ddim", eta=eta) for eta in (None, 0.0))
+    assert not torch.equal(noisy, plain)  # DDIM takes the config's eta
     with pytest.raises(PaletteError, match="eta"):
-        apply_overrides(micro_config(), [f"diffusion.sampler={name}", "diffusion.eta=0.5"]).validate()
+        apply_overrides(micro_config(), ["diffusion.eta=-1"]).validate()
 
 
 @pytest.mark.parametrize("name", SAMPLERS)

@@ -337,3 +337,21 @@ def test_a_full_disk_at_a_checkpoint_ends_the_run_with_one_line_and_keeps_the_pr
     assert (run / "checkpoints" / "latest").read_text() == "step-000000001"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000000001"]
     ckpt.read_training_state(ckpt.latest_checkpoint(run))
+
+
+class _RefusingData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        raise PaletteError("photos/b.png and its target differ in size")
+
+
+def test_an_error_raised_in_a_loader_worker_reaches_the_user_as_its_one_line():
+    from palette.train import loader_batches
+
+    loader = torch.utils.data.DataLoader(_RefusingData(), num_workers=1)
+    with pytest.raises(PaletteError) as caught:
+        with loader_batches(loader) as batches:
+            next(batches)
+    assert str(caught.value) == "photos/b.png and its target differ in size"

@@ -263,7 +263,7 @@ class Palette:
         A 256x256 image with ``extend=8`` becomes 256x2304, the paper's panorama. ``sampling`` takes ``steps``,
         ``sampler``, ``seed``, ``eta`` and ``schedule`` as for a call of the model.
         """
-        from .panorama import extend_image
+        from .panorama import extend_image, panorama_size
 
         if output not in ("pil", "tensor"):
             raise PaletteError(f"output must be 'pil' or 'tensor', got {output!r}")
@@ -272,6 +272,8 @@ class Palette:
         if sampling.get("steps") is not None:
             sampling["steps"] = _whole(sampling["steps"], "steps")
         picture = _one_image(image, self.config.model.channels, "image", self.max_pixels)
+        height, width = panorama_size(*picture.shape[1:], extend, direction)
+        check_pixels(f"the panorama (extend={extend})", width, height, self.max_pixels)  # its size grows with extend
         steps = sampling.get("steps") or self.config.diffusion.sample_steps
         out = extend_image(self.model, picture, extend, direction, on_step=_counter(progress, extend * steps),
                            **sampling)

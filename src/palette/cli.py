@@ -171,7 +171,7 @@ def cmd_panorama(args) -> int:
 
     check_seed(args.seed, "--seed")
     model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
-    steps, _ = check_sampling_args(model, args.steps, args.sampler, args.schedule, 1)
+    steps, _ = check_sampling_args(model, args.steps, args.sampler, args.schedule, 1, eta=args.eta)
     path = Path(args.input)
     if not path.is_file():
         raise PaletteError(f"--input {path}: no such file")
@@ -209,7 +209,7 @@ def cmd_serve(args) -> int:
 
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb,
           max_pixels=args.max_pixels, allow_load=args.allow_load, request_budget=int(args.request_budget * 1e6),
-          max_tiled_pixels=args.max_tiled_pixels)
+          max_tiled_pixels=args.max_tiled_pixels, max_output_pixels=args.max_output_pixels)
     return 0
 
 
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .protocols import LABEL_SPACES, PROTOCOLS
     from .samplers import SAMPLERS
     from .tasks import PAIRED, PAPER_TASKS, TASK_NAMES
-    from .webapp import DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET
+    from .webapp import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET
 
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
     parser.add_argument("--verbose", action="store_true", help="more detailed logs")
@@ -528,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tiled-pixels", type=_positive, default=DEFAULT_MAX_TILED_PIXELS, metavar="N",
                    help="the largest image sampled at its own size: tiled sampling's canvas, a panorama (default "
                         f"{DEFAULT_MAX_TILED_PIXELS:,})")
+    p.add_argument("--max-output-pixels", type=_positive, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
+                   help="the most pixels the samples of one request hold together at full size (default "
+                        f"{DEFAULT_MAX_OUTPUT_PIXELS:,})")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train a tiny model on bundled photos and write one sheet per task")

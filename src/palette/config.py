@@ -179,7 +179,8 @@ class Config:
         from .samplers import SCHEDULES, check_sampler
 
         try:
-            check_sampler(self.diffusion.sampler, self.diffusion.eta)
+            check_sampler(self.diffusion.sampler, 0.0)
+            check_sampler("ddim", self.diffusion.eta)  # the config's eta is DDIM's, whatever the default sampler
         except ValueError as err:
             raise PaletteError(f"diffusion.sampler / diffusion.eta: {err}") from None
         if self.diffusion.sample_schedule not in SCHEDULES:

@@ -87,7 +87,7 @@ def q_sample(y0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torc
 
     Both coefficients are computed in float64 before they meet y_0's dtype: near gamma = 1, 1 - gamma in float32
     loses most of its digits (sqrt(1 - gamma) at gamma = 1 - 1e-6 is off by several percent)."""
-    gamma = gamma.double()
+    gamma = gamma.float() if gamma.device.type == "mps" else gamma.double()  # Apple's MPS has no float64
     return _expand(gamma.sqrt(), y0) * y0 + _expand((1 - gamma).sqrt(), y0) * noise
 
 

@@ -19,11 +19,12 @@ Images are evaluated at the model's size: the centred largest square, resized (b
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -176,26 +177,37 @@ def weights_digest(model, weights_file: Path | None = None) -> str:
 
 def check_manifest(out_dir: Path, made_by: dict) -> str | None:
     """Write ``samples/manifest.json`` (what makes the samples) or compare it with the one there; returns why the
-    samples there cannot be mixed with this run's, or None. A samples folder without a manifest must be empty."""
+    samples there cannot be mixed with this run's, or None. A samples folder without a manifest must be empty.
+    Shard jobs started together race to write it: the first one's stands, and the others compare with it."""
     folder = out_dir / "samples"
     path = folder / MANIFEST
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError as err:
-            return f"{path} is damaged ({err})"
-        differ = [f"{key} {previous.get(key)!r} there, {value!r} now" for key, value in made_by.items()
-                  if previous.get(key) != value]
-        if differ:
-            return f"{folder} holds samples made otherwise: {'; '.join(differ)}"
-        return None
-    if folder.is_dir() and any(folder.glob("*.png")):
-        return f"{folder} holds samples without {MANIFEST} saying which checkpoint, sampler, steps and seed made them"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(made_by, indent=2) + "\n")
-    os.replace(tmp, path)
-    return None
+    if not path.is_file():
+        if folder.is_dir() and any(folder.glob("*.png")):
+            return f"{folder} holds samples without {MANIFEST} saying which checkpoint, sampler, steps and seed made them"
+        folder.mkdir(parents=True, exist_ok=True)
+        if _create_exclusively(path, json.dumps(made_by, indent=2) + "\n"):
+            return None
+    try:
+        previous = json.loads(path.read_text())
+    except ValueError as err:
+        return f"{path} is damaged ({err})"
+    differ = [f"{key} {previous.get(key)!r} there, {value!r} now" for key, value in made_by.items()
+              if previous.get(key) != value]
+    return f"{folder} holds samples made otherwise: {'; '.join(differ)}" if differ else None
+
+
+def _create_exclusively(path: Path, text: str) -> bool:
+    """Write ``path`` whole, unless it exists (then False): a private temporary file, hard-linked to its name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def pending(items: list[P.EvalItem], out_dir: Path, num_samples: int) -> list[int]:

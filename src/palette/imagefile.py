@@ -70,8 +70,8 @@ def _open_pil(path: Path, max_pixels: int | None) -> Image.Image:
         except Image.DecompressionBombError as err:  # above twice Pillow's limit: it refuses before telling the size
             claimed = re.search(r"\((\d+) pixels\)", str(err))
             count = f"{int(claimed[1]):,}" if claimed else "too many"
-            raise PixelLimitError(f"{path} has {count} pixels, above the pixel limit of {max_pixels:,}: "
-                                  f"{_RAISE_THE_LIMIT}") from None
+            limit = f"the pixel limit of {max_pixels:,}" if max_pixels is not None else "Pillow's own limit"
+            raise PixelLimitError(f"{path} has {count} pixels, above {limit}: {_RAISE_THE_LIMIT}") from None
     try:
         check_pixels(path, *img.size, max_pixels)
     except PixelLimitError:

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import Config
 from .diffusion import NoiseSchedule, ancestral_sample, ddim_sample, per_image_loss, q_sample, sample_gamma
-from .samplers import SCHEDULES, check_sampler, make_scheduler, scheduler_sample
+from .samplers import SCHEDULES, check_sampler, make_scheduler, resolve_eta, scheduler_sample
 from .tiling import TiledDenoiser
 from .unet import UNet
 
@@ -59,7 +59,8 @@ class PaletteModel(nn.Module):
             y_hat = self.net(x, torch.zeros_like(y), torch.ones(b, device=y.device))
             return per_image_loss(y_hat.float(), y.float(), mask, p=2)
         if gamma is None:
-            gamma = sample_gamma(self.train_schedule, b, generator).to(y.device)
+            gamma = sample_gamma(self.train_schedule, b, generator)
+            gamma = gamma.to(y.device, torch.float32 if y.device.type == "mps" else torch.float64)  # MPS: no float64
         eps = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device) if noise is None else noise
         y_t = q_sample(y, gamma, eps)
         y_t = y_t * mask + y * (1 - mask)
@@ -90,7 +91,8 @@ class PaletteModel(nn.Module):
         ``sampler`` is ``ancestral`` (the paper's; its 1000-step schedule respaced to ``steps``), ``ddim`` (on the
         same levels; ``eta`` is its noise and must be 0 for the others), ``dpmpp-2m``, ``dpmpp-2m-sde`` or
         ``unipc``; every sampler clips its y0 estimates when ``diffusion.clip_denoised``. ``schedule`` is
-        ``inference`` (the paper's 1e-4..0.09) or ``training`` (the trained gamma range). Unset arguments take the config's ``diffusion`` values.
+        ``inference`` (the paper's 1e-4..0.09) or ``training`` (the trained gamma range). Unset arguments take the
+        config's ``diffusion`` values (its ``eta`` for DDIM only).
         ``mask`` (B, 1, H, W) is 1 where the model generates; elsewhere the result is ``known`` exactly.
         ``seeds`` gives each image its own generator (default: 0, 1, ...); the same seed gives the same image,
         whatever else is in the batch, up to floating-point rounding: convolution kernels depend on the batch size.
@@ -101,7 +103,7 @@ class PaletteModel(nn.Module):
         """
         d = self.config.diffusion
         sampler = sampler or d.sampler
-        eta = d.eta if eta is None else eta
+        eta = resolve_eta(sampler, eta, d.eta)
         schedule = schedule or d.sample_schedule
         steps = d.sample_steps if steps is None else steps
         check_sampler(sampler, eta)

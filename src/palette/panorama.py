@@ -58,7 +58,7 @@ def extend_image(
     ``seed + 2i + 1``.
     """
     check_task(model, "uncropping", where="model")
-    steps, schedule = check_sampling_args(model, steps, sampler, schedule, 1, flag="")
+    steps, schedule = check_sampling_args(model, steps, sampler, schedule, 1, flag="", eta=eta)
     if extend < 1:
         raise PaletteError(f"extend must be at least 1, got {extend}")
     panorama_size(*image.shape[1:], extend, direction)  # checks the direction

@@ -36,6 +36,14 @@ SOLVERS = ("dpmpp-2m", "dpmpp-2m-sde", "unipc")  # the samplers that are diffuse
 ETA_SAMPLERS = ("ddim",)  # the samplers that take eta
 
 
+def resolve_eta(sampler: str, eta: float | None, config_eta: float) -> float:
+    """The eta a sampling call uses: its own, else the config's for DDIM (a config's eta is DDIM's, so a checkpoint
+    set up for DDIM with noise can still be sampled with the other samplers), else 0."""
+    if eta is not None:
+        return eta
+    return config_eta if sampler in ETA_SAMPLERS else 0.0
+
+
 def check_sampler(name: str, eta: float = 0.0) -> None:
     """Raise ValueError for an unknown sampler or an ``eta`` the sampler would ignore."""
     if name not in SAMPLERS:
@@ -71,8 +79,9 @@ def set_trailing_timesteps(scheduler, steps: int) -> None:
 
     diffusers builds "trailing" timesteps as ``np.arange(T, 0, -T / N)``, whose floating-point end point lets a
     spurious (N+1)-th timestep -1 through for some N (61, 103, 121, 122, 201, ... on both of palette's schedules).
-    That extra step conditions the network on alphas_cumprod[-1], the noisiest level, right before the end. The first N timesteps
-    are the right ones: keep them and end the sigmas at 0, as diffusers' own tail of ``set_timesteps`` does.
+    That extra step conditions the network on alphas_cumprod[-1], the noisiest level, right before the end. The
+    first N timesteps are the right ones: keep them and end the sigmas at 0, as diffusers' own tail of
+    ``set_timesteps`` does.
     """
     scheduler.set_timesteps(steps, device="cpu")
     if len(scheduler.timesteps) == steps:

@@ -28,7 +28,7 @@ from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe, save_image
 from .model import PaletteModel
-from .samplers import SAMPLERS, SCHEDULES, check_sampler
+from .samplers import SAMPLERS, SCHEDULES, check_sampler, resolve_eta
 from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
 from .tiling import tile_starts
 from .train import configure_cuda, resolve_device
@@ -192,7 +192,7 @@ def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | N
     if sampler is not None and sampler not in SAMPLERS:
         raise PaletteError(f"{flag}sampler {sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
     try:
-        check_sampler(sampler or d.sampler, d.eta if eta is None else eta)
+        check_sampler(sampler or d.sampler, resolve_eta(sampler or d.sampler, eta, d.eta))
     except ValueError as err:
         raise PaletteError(f"{flag}eta: {err}") from None
     limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps

@@ -198,13 +198,26 @@ def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[
 def loader_batches(loader):
     """The batches of a DataLoader; when the block fails, its worker processes are killed at once. They ignore SIGTERM
     (a scheduler signals the whole job, and the training process needs them to finish its step), so Python's exit,
-    which terminates and then joins its child processes, would otherwise wait for them for ever."""
+    which terminates and then joins its child processes, would otherwise wait for them for ever. A PaletteError
+    raised in a worker reaches the user as its own one line, without the worker's traceback torch wraps it in."""
     batches = iter(loader)
     try:
         yield batches
+    except PaletteError as err:
+        kill_workers(batches)
+        raise PaletteError(worker_message(str(err))) from None
     except BaseException:
         kill_workers(batches)
         raise
+
+
+def worker_message(text: str) -> str:
+    """The message of an error as raised in a DataLoader worker, out of torch's "Caught ... in DataLoader worker
+    process N. Original Traceback ..." wrapper (the text itself when it is not wrapped)."""
+    if "DataLoader worker process" not in text or "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(f"{PaletteError.__module__}.PaletteError: ") else last
 
 
 def kill_workers(batches) -> None:
@@ -398,7 +411,8 @@ class Trainer:
         images = {k: micro[k].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                   for k in ("x", "y", "mask", "noise") if k in micro}
         if "gamma" in micro:
-            images["gamma"] = micro["gamma"].to(self.device, non_blocking=True)
+            gamma = micro["gamma"].float() if self.device.type == "mps" else micro["gamma"]  # MPS has no float64
+            images["gamma"] = gamma.to(self.device, non_blocking=True)
         return images
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:

@@ -31,7 +31,7 @@ from PIL import Image
 from . import checkpoint as ckpt
 from .api import Palette
 from .errors import PaletteError
-from .imagefile import DEFAULT_MAX_PIXELS, probe
+from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe
 from .masks import MASK_NAMES
 from .panorama import panorama_size
 from .samplers import SAMPLERS
@@ -46,6 +46,7 @@ PICK_ONE = "No model is loaded yet: pick a checkpoint above and press Load."
 # about 3,000 network evaluations of a 256x256 network (3 samples of 1000 steps) or 48,000 of a 64x64 one
 DEFAULT_REQUEST_BUDGET = 200_000_000
 DEFAULT_MAX_TILED_PIXELS = 4_000_000  # 2000x2000: a tiled canvas or a panorama
+DEFAULT_MAX_OUTPUT_PIXELS = 32_000_000  # the samples of one request together, at their full size (float32 copies)
 KEEP_LOADED = 2  # models loaded from the page kept in memory at once
 
 
@@ -57,6 +58,7 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # of an uploaded image, from its header
     request_budget: int = DEFAULT_REQUEST_BUDGET  # network evaluations x pixels per evaluation
     max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS  # an image sampled at its own size: tiled, or a panorama
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # all samples of a request at full size (x4 for sr-x4)
 
 
 class Cancelled(Exception):
@@ -75,12 +77,13 @@ class Models:
     """The model of each session: the server's ``checkpoint`` for all, or one a session loaded from under
     ``allow_load`` (a few kept in memory, reloaded when needed)."""
 
-    def __init__(self, checkpoint: str | None, allow_load: str | Path | None, device: str):
+    def __init__(self, checkpoint: str | None, allow_load: str | Path | None, device: str,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         if checkpoint and allow_load:
             raise PaletteError("--checkpoint and --allow-load exclude each other: with --checkpoint, everyone samples "
                                "that model")
-        self.device = device
-        self.fixed = Palette.load(checkpoint, device=device) if checkpoint else None
+        self.device, self.max_pixels = device, max_pixels
+        self.fixed = Palette.load(checkpoint, device=device, max_pixels=max_pixels) if checkpoint else None
         self.root = None
         if allow_load is not None:
             self.root = Path(allow_load).resolve()
@@ -121,7 +124,7 @@ class Models:
             weights = ckpt.resolve_weights(self.root / choice)
             if not self._inside(weights):
                 raise PaletteError("its weights are outside the allowed folder")
-            model = Palette.load(weights, device=self.device)
+            model = Palette.load(weights, device=self.device, max_pixels=self.max_pixels)
         except PaletteError as err:
             message = str(err).replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
             raise PaletteError(f"{choice} cannot be loaded: {message}") from None
@@ -147,10 +150,15 @@ def read_upload(path: str | None, limits: Limits) -> Image.Image:
     if size > limits.max_upload_mb * 1e6:
         raise PaletteError(f"The file is {size / 1e6:.1f} MB; the limit is {limits.max_upload_mb:g} MB.")
     try:
-        info = probe(path, max_pixels=None)
-        if info.width * info.height > limits.max_pixels:
-            raise PaletteError(f"{name} is {info.width}x{info.height} ({info.width * info.height:,} pixels); the "
-                               f"limit is {limits.max_pixels:,} pixels.")
+        info = probe(path, max_pixels=None)  # from the header, before any decoding
+    except PixelLimitError:  # above Pillow's own limit; its message names the server's upload folder
+        raise PaletteError(f"{name} claims more pixels than this server's limit of {limits.max_pixels:,}.") from None
+    except (OSError, ValueError) as err:
+        raise PaletteError(f"{name} is not an image that can be read ({type(err).__name__}).") from None
+    if info.width * info.height > limits.max_pixels:
+        raise PaletteError(f"{name} is {info.width}x{info.height} ({info.width * info.height:,} pixels); the "
+                           f"limit is {limits.max_pixels:,} pixels.")
+    try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
@@ -193,11 +201,24 @@ def check_request(model: Palette, photo_size: tuple[int, int], task: str, num_sa
         evaluations, reduce = num_samples * steps * tiles, f"the samples, the steps or the photo ({tiles} tiles)"
     else:
         evaluations, reduce = num_samples * steps, "the samples or the steps"
+    if not (task == "uncropping" and extend > 0):
+        check_output_size(width, height, make_task(task).scale, num_samples, limits)
     work = evaluations * size * size
     if work > limits.request_budget:
         raise PaletteError(f"This request needs {evaluations:,} network evaluations of {size}x{size} pixels "
                            f"({work / 1e6:,.0f} million pixel-evaluations); this server allows "
                            f"{limits.request_budget / 1e6:,.0f} million per request. Reduce {reduce}.")
+
+
+def check_output_size(width: int, height: int, scale: int, num_samples: int, limits: Limits) -> None:
+    """Refuse a request whose samples, at the photo's size times the task's scale, hold more pixels together than
+    ``limits.max_output_pixels``: each is finished at full size in float32 (a 2000x2000 photo at sr-x4 with 2 samples
+    took 4.6 GB without this cap)."""
+    pixels = width * scale * height * scale * num_samples
+    if pixels > limits.max_output_pixels:
+        raise PaletteError(f"The samples would hold {pixels:,} pixels together ({num_samples} of "
+                           f"{width * scale}x{height * scale}), above this server's limit of "
+                           f"{limits.max_output_pixels:,}: ask for fewer samples or upload a smaller photo.")
 
 
 def drawn_mask(editor: dict | None, photo: Image.Image) -> np.ndarray:
@@ -244,12 +265,13 @@ def run_request(model: Palette | None, path: str | None, editor: dict | None, ta
 
 def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb: float = 20,
               max_pixels: int = DEFAULT_MAX_PIXELS, queue_size: int = 32, allow_load: str | Path | None = None,
-              request_budget: int = DEFAULT_REQUEST_BUDGET, max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS):
+              request_budget: int = DEFAULT_REQUEST_BUDGET, max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS,
+              max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    limits = Limits(max_upload_mb, max_pixels, request_budget, max_tiled_pixels)
-    models = Models(checkpoint, allow_load, device)
+    limits = Limits(max_upload_mb, max_pixels, request_budget, max_tiled_pixels, max_output_pixels)
+    models = Models(checkpoint, allow_load, device, max_pixels)
     stops: dict[str, threading.Event] = {}  # per session: Stop pressed
 
     def shown(fn):
@@ -342,8 +364,10 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
 
 def serve(checkpoint: str | None, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           max_upload_mb: float = 20, max_pixels: int = DEFAULT_MAX_PIXELS, allow_load: str | None = None,
-          request_budget: int = DEFAULT_REQUEST_BUDGET, max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS) -> None:
+          request_budget: int = DEFAULT_REQUEST_BUDGET, max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS,
+          max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
     app = build_app(checkpoint, device, max_upload_mb, max_pixels, allow_load=allow_load,
-                    request_budget=request_budget, max_tiled_pixels=max_tiled_pixels)
+                    request_budget=request_budget, max_tiled_pixels=max_tiled_pixels,
+                    max_output_pixels=max_output_pixels)
     app.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb:g}mb", ssr_mode=False,
                show_error=True, quiet=False)
