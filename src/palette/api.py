@@ -195,6 +195,7 @@ class Palette:
         batch_invariant: bool = False,
         tile: bool = False,
         overlap: int | None = None,
+        guidance: float = 0.0,
     ) -> list:
         """Sample ``task`` on ``images``: a list of ``num_samples`` outputs per input (a list of lists for a batch).
 
@@ -206,6 +207,8 @@ class Palette:
         ``tile=True`` samples each image at its own size in overlapping tiles of the model's size, blended at every
         step (``overlap`` pixels, default a quarter of the model's size): for the local tasks (colorization, JPEG,
         super-resolution, deblurring, denoising, paired, inpainting of small holes), not uncropping.
+        ``guidance`` w > 0 samples with classifier-free guidance, eps = (1 + w) eps(x) - w eps(no source), for a model
+        trained with ``train.cond_drop_prob`` > 0 (docs/guidance.md); 0 is the unguided sampler.
         """
         check_task(self.model, task, where="model")
         if output not in ("pil", "tensor"):
@@ -220,7 +223,8 @@ class Palette:
         steps = None if steps is None else _whole(steps, "steps")  # its range: check_sampling_args
         overlap = None if overlap is None else _whole(overlap, "overlap", 0)
         seed = check_seed(seed)
-        steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="", eta=eta)
+        steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="", eta=eta,
+                                              guidance=guidance)
         tile_overlap = tile_overlap_of(self.model, tile, overlap, flag="")
         channels = self.config.model.condition_channels
         conditions = []
@@ -234,7 +238,8 @@ class Palette:
                 raise PaletteError(str(err)) from None
         total = network_calls(conditions, num_samples, batch_size, steps)
         results = sample_conditions(self.model, conditions, num_samples, steps, seed, sampler, eta, schedule,
-                                    batch_size, on_step=_counter(progress, total), batch_invariant=batch_invariant)
+                                    batch_size, on_step=_counter(progress, total), batch_invariant=batch_invariant,
+                                    guidance=guidance)
         convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)
         outputs = [[convert(sample) for sample, _ in samples] for samples in results]
         return outputs if batched else outputs[0]
@@ -261,7 +266,7 @@ class Palette:
         ``direction="vertical"``), each time by half its height (width); its own pixels stay exactly as they are.
 
         A 256x256 image with ``extend=8`` becomes 256x2304, the paper's panorama. ``sampling`` takes ``steps``,
-        ``sampler``, ``seed``, ``eta`` and ``schedule`` as for a call of the model.
+        ``sampler``, ``seed``, ``eta``, ``schedule`` and ``guidance`` as for a call of the model.
         """
         from .panorama import extend_image, panorama_size
 

@@ -155,6 +155,7 @@ def cmd_sample(args) -> int:
         seed=args.seed, mask=args.mask, side=args.side, batch_size=args.batch_size, progress=not args.no_progress,
         sampler=args.sampler, eta=args.eta, schedule=args.schedule, save_process=args.save_process,
         batch_invariant=args.batch_invariant, tile_overlap=tile_overlap, max_pixels=args.max_pixels, stems=stems,
+        guidance=args.guidance,
     )
     print(f"wrote {len(written)} sample(s) to {args.out}" + (f" (process {processes.rank} of {processes.world})"
                                                              if processes.world > 1 else ""))
@@ -171,7 +172,8 @@ def cmd_panorama(args) -> int:
 
     check_seed(args.seed, "--seed")
     model = load_model(args.checkpoint, args.device, use_ema=not args.no_ema)
-    steps, _ = check_sampling_args(model, args.steps, args.sampler, args.schedule, 1, eta=args.eta)
+    steps, _ = check_sampling_args(model, args.steps, args.sampler, args.schedule, 1, eta=args.eta,
+                                   guidance=args.guidance)
     path = Path(args.input)
     if not path.is_file():
         raise PaletteError(f"--input {path}: no such file")
@@ -184,7 +186,8 @@ def cmd_panorama(args) -> int:
         raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
     with tqdm(total=args.extend * steps, desc="panorama", unit="step", disable=args.no_progress) as bar:
         pano = extend_image(model, image, args.extend, args.direction, steps=steps, sampler=args.sampler,
-                            seed=args.seed, eta=args.eta, schedule=args.schedule, on_step=lambda: bar.update(1))
+                            seed=args.seed, eta=args.eta, schedule=args.schedule, on_step=lambda: bar.update(1),
+                            guidance=args.guidance)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(pano, out, bits)
@@ -234,8 +237,8 @@ def cmd_eval(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else METRICS
     options = EvalOptions(
         task=args.task, num_samples=args.num_samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
-        schedule=args.schedule, seed=args.seed, batch_size=args.batch_size, batch_invariant=args.batch_invariant,
-        mask=args.mask,
+        schedule=args.schedule, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+        batch_invariant=args.batch_invariant, mask=args.mask,
         mask_file=Path(args.mask_file) if args.mask_file else None, mask_category=args.mask_category,
         quality=args.quality, metrics=metrics, weights_dir=args.weights_dir,
         reference=Path(args.reference) if args.reference else None, diversity=args.diversity,
@@ -330,6 +333,9 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="ancestral (the paper's), ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: diffusion.sampler)")
     p.add_argument("--eta", type=float, help="DDIM's noise, 0 (deterministic) to 1")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance weight, 0 (default: none) or more; needs a model trained with "
+                        "train.cond_drop_prob > 0 (docs/guidance.md)")
     p.add_argument("--schedule", choices=SCHEDULES,
                    help="inference: the paper's 1e-4..0.09 schedule; training: the trained noise levels only")
     p.add_argument("--seed", type=int, default=0, help=f"0 to {MAX_SEED} (default 0)")

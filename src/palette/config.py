@@ -68,6 +68,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)): lets short runs use their EMA early
     seed: int = 0
+    # classifier-free guidance: the probability that an example's source x is replaced by zeros, the "no source"
+    # input of guided sampling (0: the paper's recipe, and a model that cannot be guided)
+    cond_drop_prob: float = 0.0
     log_every: int = 100
     checkpoint_every: int = 5000
     sample_every: int = 5000  # sample sheets (0: never)
@@ -159,6 +162,8 @@ class Config:
             raise PaletteError(f"--loss must be l2 or l1, got {self.diffusion.loss!r}")
         if self.diffusion.objective not in ("diffusion", "regression"):
             raise PaletteError(f"--objective must be diffusion or regression, got {self.diffusion.objective!r}")
+        if self.train.cond_drop_prob and self.diffusion.objective == "regression":
+            raise PaletteError("train.cond_drop_prob is for guided diffusion: the regression baseline has no guidance")
         levels = len(self.model.channel_mult) - 1
         if self.model.image_size % 2**levels:
             raise PaletteError(
@@ -216,6 +221,7 @@ RANGES = (
     ("train.weight_decay", "", "0 or more", lambda v: v >= 0),
     ("train.grad_clip", "", "0 (no clipping) or more", lambda v: v >= 0),
     ("train.ema_decay", "", "between 0 and 1", lambda v: 0 <= v <= 1),
+    ("train.cond_drop_prob", "", "in [0, 1)", lambda v: 0 <= v < 1),
     ("train.log_every", "", "at least 1", lambda v: v >= 1),
     ("train.checkpoint_every", "", "at least 1", lambda v: v >= 1),
     ("train.sample_every", "", "0 (no sheets) or more", lambda v: v >= 0),

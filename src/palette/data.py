@@ -272,13 +272,16 @@ class TrainingData(torch.utils.data.Dataset):
 
     ``items`` are image files, or (source, target) file pairs for the paired task: then x is the source (with
     ``source_channels``), y the target, and both get the same random crop and mirroring. With a ``noise_schedule``
-    each example also draws its diffusion noise level gamma and noise eps.
+    each example also draws its diffusion noise level gamma and noise eps. With ``cond_drop_prob`` p > 0 its source x
+    is replaced by zeros with probability p (condition dropout, for classifier-free guidance), drawn last so that
+    every other draw is as without dropout.
     """
 
     def __init__(self, items: Sequence[Item], task: Task, image_size: int, channels: int, seed: int,
                  crop_scale_min: float = 1.0, flip: bool = True, source_channels: int | None = None,
-                 noise_schedule=None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 noise_schedule=None, max_pixels: int | None = DEFAULT_MAX_PIXELS, cond_drop_prob: float = 0.0):
         self.noise_schedule = noise_schedule
+        self.cond_drop_prob = cond_drop_prob
         self.max_pixels = max_pixels
         self.paths = list(items)
         self.task, self.image_size, self.channels, self.seed = task, image_size, channels, seed
@@ -341,6 +344,9 @@ class TrainingData(torch.utils.data.Dataset):
             # processes and micro-batches
             example["gamma"] = sample_gamma(self.noise_schedule, 1, rng)[0]
             example["noise"] = torch.from_numpy(rng.standard_normal(tuple(example["y"].shape), dtype=np.float32))
+        # the example's own draw, like its noise: a run drops the same examples however it is split into processes
+        if self.cond_drop_prob and rng.random() < self.cond_drop_prob:
+            example["x"] = torch.zeros_like(example["x"])  # masked tasks keep their known pixels: they are in y_t
         return example
 
 

@@ -135,6 +135,25 @@ def diffusion_loss(
     return per_image_loss(eps_hat, eps, mask, p).mean()
 
 
+def guided(denoiser: Denoiser, weight: float) -> Denoiser:
+    """Classifier-free guidance (Ho & Salimans 2022) of a denoiser trained with condition dropout:
+
+        eps = (1 + w) f(x, y_t, gamma) - w f(0, y_t, gamma),
+
+    the zero source being the "no source" input the model saw when training dropped x. Both estimates come from one
+    call on a batch of 2B. With w = 0 this returns ``denoiser`` itself: the sampler is exactly the unguided one.
+    """
+    if weight == 0:
+        return denoiser
+
+    def guided_denoiser(x: torch.Tensor, y_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        eps = denoiser(torch.cat([x, torch.zeros_like(x)]), torch.cat([y_t, y_t]), torch.cat([gamma, gamma])).float()
+        return (1 + weight) * eps[:b] - weight * eps[b:]
+
+    return guided_denoiser
+
+
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 """callback(i, n, y, y0_hat) after step i of n: the current sample and the y0 estimate it was made from."""
 

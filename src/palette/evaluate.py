@@ -60,6 +60,7 @@ class EvalOptions:
     sampler: str | None = None
     eta: float | None = None
     schedule: str | None = None
+    guidance: float = 0.0  # classifier-free guidance weight w (0: none)
     seed: int = 0
     batch_size: int = 16
     batch_invariant: bool = False  # bit-identical samples whatever the batch (resumed or sharded runs), slower
@@ -191,6 +192,7 @@ def check_manifest(out_dir: Path, made_by: dict) -> str | None:
         previous = json.loads(path.read_text())
     except ValueError as err:
         return f"{path} is damaged ({err})"
+    previous.setdefault("guidance", 0.0)  # manifests written before guidance existed were unguided
     differ = [f"{key} {previous.get(key)!r} there, {value!r} now" for key, value in made_by.items()
               if previous.get(key) != value]
     return f"{folder} holds samples made otherwise: {'; '.join(differ)}" if differ else None
@@ -227,7 +229,7 @@ def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, sh
 
     check_task(model, options.task)
     steps, schedule = check_sampling_args(model, options.steps, options.sampler, options.schedule,
-                                          options.num_samples, eta=options.eta)
+                                          options.num_samples, eta=options.eta, guidance=options.guidance)
     size, channels = model.config.model.image_size, model.config.model.channels
     make_task(options.task).check_channels(channels)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -249,7 +251,8 @@ def generate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, sh
                           for i in chunk]
             results = sample_conditions(model, conditions, options.num_samples, steps, options.seed, options.sampler,
                                         options.eta, schedule, options.batch_size,
-                                        batch_invariant=options.batch_invariant, keys=chunk)
+                                        batch_invariant=options.batch_invariant, keys=chunk,
+                                        guidance=options.guidance)
             for i, cond, samples in zip(chunk, conditions, results):
                 visible = cond.x * (1 - cond.mask) if cond.masked else cond.x
                 _save_atomic(visible, out_dir / "inputs" / f"{items[i].id}.png")
@@ -543,7 +546,7 @@ def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Pa
     size, channels = model.config.model.image_size, model.config.model.channels
     d = model.config.diffusion
     steps, schedule = check_sampling_args(model, options.steps, options.sampler, options.schedule,
-                                          options.num_samples, eta=options.eta)
+                                          options.num_samples, eta=options.eta, guidance=options.guidance)
     sampler = options.sampler or d.sampler
     condition = {"inpainting": {"mask": MaskSource(options, size, 0).name if options.mask_file is None
                                 else f"{options.mask_file}:{options.mask_category}"},
@@ -551,7 +554,8 @@ def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Pa
                  "jpeg": {"quality": options.quality}}.get(options.task, {})
     made_by = {"weights_sha256": weights_digest(model, weights_file), "task": options.task, "protocol": eval_set.name,
                "condition": condition, "sampler": sampler, "steps": steps, "schedule": schedule,
-               "eta": d.eta if options.eta is None else options.eta, "seed": options.seed}
+               "eta": d.eta if options.eta is None else options.eta, "guidance": options.guidance,
+               "seed": options.seed}
     launched = processes is not None and processes.world > 1
     problem = check_manifest(out_dir, made_by) if not launched or processes.main else None
     if launched:  # every process stops, or none
@@ -570,12 +574,13 @@ def evaluate(model, eval_set: P.EvalSet, options: EvalOptions, out_dir: str | Pa
     result = compute_metrics(eval_set, options, out_dir, size, channels, device, progress, processes)
     if result is None:  # a process other than the main one: its share is with the main one
         return None
-    name = options.name or f"{Path(checkpoint).name or 'model'} ({sampler}, {steps} steps)"
+    guided = f", guidance {options.guidance:g}" if options.guidance else ""
+    name = options.name or f"{Path(checkpoint).name or 'model'} ({sampler}, {steps} steps{guided})"
     result = {
         "name": name, "task": options.task, "protocol": eval_set.name, "num_images": len(eval_set.items),
         "num_samples": options.num_samples, "checkpoint": str(checkpoint),
         "weights_sha256": made_by["weights_sha256"], "sampler": sampler, "steps": steps,
-        "seed": options.seed, "condition": condition, **result,
+        "guidance": options.guidance, "seed": options.seed, "condition": condition, **result,
         "generation_seconds_this_run": round(generation_seconds, 2), "images_sampled_this_run": sampled,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
     }

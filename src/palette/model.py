@@ -7,13 +7,14 @@ interfaces call :meth:`sample`.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .config import Config
-from .diffusion import NoiseSchedule, ancestral_sample, ddim_sample, per_image_loss, q_sample, sample_gamma
+from .diffusion import NoiseSchedule, ancestral_sample, ddim_sample, guided, per_image_loss, q_sample, sample_gamma
 from .samplers import SCHEDULES, check_sampler, make_scheduler, resolve_eta, scheduler_sample
 from .tiling import TiledDenoiser
 from .unet import UNet
@@ -22,6 +23,17 @@ from .unet import UNet
 def per_image_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per image, so an image's sample does not depend on the batch it was drawn in."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def check_guidance(config: Config, guidance: float, name: str = "guidance") -> None:
+    """Raise ValueError (naming ``name``) unless ``guidance`` is a weight w >= 0 this model can use: any w > 0 needs
+    a model trained with condition dropout, whose f(0, y_t, gamma) is an unconditional estimate."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (
+            math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"{name} must be a number of 0 or more, got {guidance!r}")
+    if guidance and config.train.cond_drop_prob == 0:
+        raise ValueError(f"{name}: this checkpoint was trained without condition dropout (train.cond_drop_prob=0): "
+                         "guidance needs a model trained with it")
 
 
 class PaletteModel(nn.Module):
@@ -85,6 +97,7 @@ class PaletteModel(nn.Module):
         schedule: str | None = None,
         batch_invariant: bool = False,
         tile_overlap: int | None = None,
+        guidance: float = 0.0,
     ) -> torch.Tensor:
         """Samples y ~ p(y | x) in [-1, 1] with ``steps`` network evaluations.
 
@@ -100,6 +113,9 @@ class PaletteModel(nn.Module):
         bit-identical whether it is sampled alone or in any batch.
         ``tile_overlap`` (pixels) samples images larger than the network as overlapping tiles of its size, blended at
         every step (:mod:`palette.tiling`); an image of the network's size is then sampled as without tiling.
+        ``guidance`` w > 0 samples with classifier-free guidance, eps = (1 + w) f(x, y_t, gamma) - w f(0, y_t, gamma)
+        (:func:`~palette.diffusion.guided`), for a model trained with ``train.cond_drop_prob`` > 0; w = 0 is the
+        unguided sampler exactly.
         """
         d = self.config.diffusion
         sampler = sampler or d.sampler
@@ -117,6 +133,7 @@ class PaletteModel(nn.Module):
             raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]}")
         if mask is not None and known is None:
             raise ValueError("a mask needs the known image")
+        check_guidance(self.config, guidance)
         shape = (x.shape[0], self.config.model.channels, *x.shape[2:])
         if self.regression:
             y = self.net(x, torch.zeros(shape, device=x.device), torch.ones(shape[0], device=x.device)).float()
@@ -124,7 +141,8 @@ class PaletteModel(nn.Module):
             return y if mask is None else y * mask + known * (1 - mask)
         generators = per_image_generators(seeds)
         noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(x.device)
-        denoiser = self._one_at_a_time if batch_invariant else self.net
+        # guidance inside tiling: each tile's two estimates come from one call, and one image at a time stays so
+        denoiser = guided(self._one_at_a_time if batch_invariant else self.net, guidance)
         if tile_overlap is not None:
             denoiser = TiledDenoiser(denoiser, self.config.model.image_size, tile_overlap, max(16, x.shape[0]), mask)
         common = dict(known=known, mask=mask, generator=generators, callback=callback)

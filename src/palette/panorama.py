@@ -51,14 +51,15 @@ def extend_image(
     eta: float | None = None,
     schedule: str | None = None,
     on_step: Callable[[], None] | None = None,
+    guidance: float = 0.0,
 ) -> torch.Tensor:
     """A panorama of ``image`` (C, H, W) in [0, 1]: ``extend`` uncroppings on each side; returns it in [-1, 1].
 
     The image's pixels are kept exactly; application i samples its two windows with seeds ``seed + 2i`` and
-    ``seed + 2i + 1``.
+    ``seed + 2i + 1``. ``guidance`` is the classifier-free guidance weight (0: none).
     """
     check_task(model, "uncropping", where="model")
-    steps, schedule = check_sampling_args(model, steps, sampler, schedule, 1, flag="", eta=eta)
+    steps, schedule = check_sampling_args(model, steps, sampler, schedule, 1, flag="", eta=eta, guidance=guidance)
     if extend < 1:
         raise PaletteError(f"extend must be at least 1, got {extend}")
     panorama_size(*image.shape[1:], extend, direction)  # checks the direction
@@ -85,7 +86,7 @@ def extend_image(
             frame.narrow(axis, window - known[side] if side in ("left", "top") else 0, known[side]).copy_(edge)
             conditions.append(make_condition(model, "uncropping", (frame + 1) / 2, rng, side=side))
         results = sample_conditions(model, conditions, 1, steps, sampler=sampler, eta=eta, schedule=schedule,
-                                    on_step=on_step, seeds=[seed + 2 * i, seed + 2 * i + 1])
+                                    on_step=on_step, seeds=[seed + 2 * i, seed + 2 * i + 1], guidance=guidance)
         before, after = (result[0][0] for result in results)
         grown_before = before.narrow(axis, 0, window - known[sides[0]])
         grown_after = after.narrow(axis, known[sides[1]], window - known[sides[1]])

@@ -27,7 +27,7 @@ from . import masks as M
 from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe, save_image
-from .model import PaletteModel
+from .model import PaletteModel, check_guidance
 from .samplers import SAMPLERS, SCHEDULES, check_sampler, resolve_eta
 from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
 from .tiling import tile_starts
@@ -179,7 +179,8 @@ def input_files(source: str | Path) -> list[Path]:
 
 
 def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | None, schedule: str | None,
-                        num_samples: int, flag: str = "--", eta: float | None = None) -> tuple[int, str]:
+                        num_samples: int, flag: str = "--", eta: float | None = None,
+                        guidance: float = 0.0) -> tuple[int, str]:
     """Validate the sampling arguments (``flag`` prefixes their names in messages); returns (steps, schedule)."""
     if num_samples < 1:
         name = "--num-samples" if flag else "num_samples"
@@ -195,6 +196,10 @@ def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | N
         check_sampler(sampler or d.sampler, resolve_eta(sampler or d.sampler, eta, d.eta))
     except ValueError as err:
         raise PaletteError(f"{flag}eta: {err}") from None
+    try:
+        check_guidance(model.config, guidance, f"{flag}guidance")
+    except ValueError as err:
+        raise PaletteError(str(err)) from None
     limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
     if not 1 <= steps <= limit:
         raise PaletteError(f"{flag}steps must be between 1 and {limit} (the {schedule} schedule's length), got {steps}")
@@ -270,13 +275,15 @@ def sample_conditions(
     batch_invariant: bool = False,
     seeds: Sequence[int] | None = None,
     keys: Sequence[int | str] | None = None,
+    guidance: float = 0.0,
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """Sample every condition ``num_samples`` times, ``batch_size`` images per network call.
 
     Sample k of condition i is seeded by :func:`sample_seed` (``seed``, ``keys[i]``, k), the keys defaulting to the
     conditions' positions, or by ``seeds[i] + k`` when ``seeds`` is given (the panorama numbers its windows itself).
     Returns, per condition and sample, the sample at the input's size in [-1, 1] and, with ``save_process`` = P > 0,
-    a strip of the y0 estimates at P evenly spaced steps (the last is the final sample).
+    a strip of the y0 estimates at P evenly spaced steps (the last is the final sample). ``guidance`` is the
+    classifier-free guidance weight w of :meth:`PaletteModel.sample`.
     """
     if seeds is not None:
         seed_of = lambda i, k: seeds[i] + k  # noqa: E731
@@ -302,7 +309,7 @@ def sample_conditions(
 
         out = model.sample(x, m, known, steps=steps, seeds=[seed_of(i, k) for _, i, k in chunk], callback=callback,
                            sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant,
-                           tile_overlap=first.tile_overlap)
+                           tile_overlap=first.tile_overlap, guidance=guidance)
         for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
             strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
             results[i][k] = (finish(cond, y), strip)
@@ -347,6 +354,7 @@ def sample_files(
     tile_overlap: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     stems: Sequence[str] | None = None,
+    guidance: float = 0.0,
 ) -> list[Path]:
     """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
 
@@ -354,7 +362,8 @@ def sample_files(
     is refused from its header) before anything is written.
 
     They are 16-bit PNG files when the input file or the model's training targets have 16-bit samples. With
-    ``tile_overlap`` each image is sampled at its own size in overlapping tiles of the model's size.
+    ``tile_overlap`` each image is sampled at its own size in overlapping tiles of the model's size. ``guidance`` is
+    the classifier-free guidance weight (0: none).
 
     With ``save_process`` = P > 0, also ``<stem>_<k>_process.png``: a strip of the y0 estimates at P evenly spaced
     steps, the last being the final sample (the paper's figures of the denoising process).
@@ -362,7 +371,7 @@ def sample_files(
     from tqdm.auto import tqdm
 
     check_task(model, task)
-    steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples, eta=eta)
+    steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples, eta=eta, guidance=guidance)
     check_seed(seed, "--seed")
     stems = output_stems(inputs) if stems is None else list(stems)
     out_dir = Path(out_dir)
@@ -384,7 +393,8 @@ def sample_files(
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
         results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
                                     on_step=lambda: bar.update(1), save_process=save_process,
-                                    batch_invariant=batch_invariant, keys=[path.name for path in inputs])
+                                    batch_invariant=batch_invariant, keys=[path.name for path in inputs],
+                                    guidance=guidance)
     written = []
     for stem, depth, samples in zip(stems, bits, results):
         for k, (sample, strip) in enumerate(samples):

@@ -297,7 +297,7 @@ class Trainer:
             self.paths, self.task, config.model.image_size, config.model.channels, cfg.seed,
             config.data.crop_scale_min, config.data.flip, config.model.condition_channels,
             noise_schedule=None if regression else NoiseSchedule(config.diffusion.train_schedule),
-            max_pixels=config.data.max_pixels,
+            max_pixels=config.data.max_pixels, cond_drop_prob=cfg.cond_drop_prob,
         )
         torch.manual_seed(cfg.seed)
         self.model = PaletteModel(config)  # the same initial weights on every process

@@ -1,9 +1,9 @@
 """``palette serve``: a Gradio page over the Python API.
 
 Upload a photo, pick the task, draw the inpainting mask with the brush (or pick a generated one), pick the uncropping
-side, set samples, steps, sampler and seed, and get the samples in a gallery with a progress bar. Two options go
-beyond the model's size: tiled sampling at the photo's own resolution, and panoramas (uncropping repeated on both
-sides).
+side, set samples, steps, sampler, seed and guidance, and get the samples in a gallery with a progress bar. Two
+options go beyond the model's size: tiled sampling at the photo's own resolution, and panoramas (uncropping repeated
+on both sides).
 
 A server is shared, so each request is bounded (docs/limits.md): uploads above ``max_upload_mb`` and images above
 ``max_pixels`` (checked from the header) are refused, and so are requests whose work, network evaluations times the
@@ -166,6 +166,15 @@ def read_upload(path: str | None, limits: Limits) -> Image.Image:
         raise PaletteError(f"{name} is not an image that can be read ({type(err).__name__}).") from None
 
 
+MAX_GUIDANCE = 10.0
+
+
+def _guidance(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value <= MAX_GUIDANCE:
+        raise PaletteError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {value!r}")
+    return float(value)
+
+
 def _whole(value: Any, name: str, low: int, high: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -175,8 +184,9 @@ def _whole(value: Any, name: str, low: int, high: int) -> int:
 
 
 def check_request(model: Palette, photo_size: tuple[int, int], task: str, num_samples: int, steps: int,
-                  tile: bool, extend: int, side: str, limits: Limits) -> None:
-    """Refuse a request whose work (network evaluations x pixels each) or own-size image is above the limits."""
+                  tile: bool, extend: int, side: str, limits: Limits, guidance: float = 0.0) -> None:
+    """Refuse a request whose work (network evaluations x pixels each) or own-size image is above the limits.
+    Guidance evaluates the network twice per step."""
     size = model.config.model.image_size
     width, height = photo_size
     if task == "uncropping" and extend > 0:
@@ -201,6 +211,8 @@ def check_request(model: Palette, photo_size: tuple[int, int], task: str, num_sa
         evaluations, reduce = num_samples * steps * tiles, f"the samples, the steps or the photo ({tiles} tiles)"
     else:
         evaluations, reduce = num_samples * steps, "the samples or the steps"
+    if guidance:
+        evaluations, reduce = 2 * evaluations, reduce + " (guidance doubles the evaluations)"
     if not (task == "uncropping" and extend > 0):
         check_output_size(width, height, make_task(task).scale, num_samples, limits)
     work = evaluations * size * size
@@ -235,7 +247,7 @@ def drawn_mask(editor: dict | None, photo: Image.Image) -> np.ndarray:
 def run_request(model: Palette | None, path: str | None, editor: dict | None, task: str, mask_choice: str, side: str,
                 num_samples: Any, steps: Any, sampler: str, seed: Any, tile: bool, extend: Any, limits: Limits,
                 progress: Callable[[int, int], None] | None = None,
-                cancelled: Callable[[], bool] = lambda: False) -> list:
+                cancelled: Callable[[], bool] = lambda: False, guidance: Any = 0.0) -> list:
     """One request of the page: the checks, then the samples (raises :class:`Cancelled` when ``cancelled()``
     turns true, at the next network evaluation)."""
     if model is None:
@@ -243,12 +255,13 @@ def run_request(model: Palette | None, path: str | None, editor: dict | None, ta
     num_samples = _whole(num_samples, "samples", 1, 8)
     steps = _whole(steps, "steps", 1, 1000)
     extend = _whole(extend, "panorama extensions", 0, 8)
+    guidance = _guidance(guidance)
     seed = check_seed(int(seed) if isinstance(seed, float) and seed.is_integer() else seed, "seed")
     photo = read_upload(path, limits)
     mask = None
     if task == "inpainting":
         mask = drawn_mask(editor, photo) if mask_choice == DRAWN else mask_choice
-    check_request(model, photo.size, task, num_samples, steps, bool(tile), extend, side, limits)
+    check_request(model, photo.size, task, num_samples, steps, bool(tile), extend, side, limits, guidance)
 
     def report(done, total):
         if cancelled():
@@ -258,9 +271,10 @@ def run_request(model: Palette | None, path: str | None, editor: dict | None, ta
 
     if task == "uncropping" and extend > 0:
         direction = "horizontal" if side in ("left", "right") else "vertical"
-        return [model.panorama(photo, extend, direction, progress=report, steps=steps, sampler=sampler, seed=seed)]
+        return [model.panorama(photo, extend, direction, progress=report, steps=steps, sampler=sampler, seed=seed,
+                               guidance=guidance)]
     return model(photo, task, mask=mask, side=side, num_samples=num_samples, steps=steps, sampler=sampler, seed=seed,
-                 progress=report, tile=bool(tile))
+                 progress=report, tile=bool(tile), guidance=guidance)
 
 
 def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb: float = 20,
@@ -293,7 +307,7 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
     def upload(path):
         return read_upload(path, limits)
 
-    def run(chosen, path, editor, task, mask_choice, side, num_samples, steps, sampler, seed, tile, extend,
+    def run(chosen, path, editor, task, mask_choice, side, num_samples, steps, sampler, seed, tile, extend, guidance,
             request: gr.Request, progress=gr.Progress()):
         stop = stops.setdefault(request.session_hash or "", threading.Event())
         stop.clear()
@@ -305,7 +319,7 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
             raise gr.Error(NO_MODEL)
         try:
             return run_request(models.get(chosen), path, editor, task, mask_choice, side, num_samples, steps, sampler,
-                               seed, tile, extend, limits, report, stop.is_set)
+                               seed, tile, extend, limits, report, stop.is_set, guidance)
         except PaletteError as err:
             raise gr.Error(str(err)) from None
         except Cancelled:
@@ -343,6 +357,8 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
                 steps = gr.Slider(1, 1000, value=20, step=1, label="steps (network evaluations)", elem_id="steps")
                 sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp-2m", label="sampler")
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=0, step=0.5, elem_id="guidance",
+                                     label="guidance (0: off; models trained with condition dropout only)")
                 tile = gr.Checkbox(False, label="sample at the photo's own size, in tiles of the model's size",
                                    elem_id="tile")
                 extend = gr.Slider(0, 8, value=0, step=1, elem_id="extend",
@@ -356,7 +372,7 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
             app.load(lambda: gr.update(choices=models.choices()), None, path_box)  # what is there now
         upload_box.upload(upload, upload_box, editor)
         running = run_button.click(run, [chosen, upload_box, editor, task, mask_choice, side, num_samples, steps,
-                                         sampler, seed, tile, extend], gallery, concurrency_limit=1)
+                                         sampler, seed, tile, extend, guidance], gallery, concurrency_limit=1)
         stop_button.click(cancel, None, None, cancels=[running], queue=False)
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     return app
