@@ -1,7 +1,7 @@
 """Classifier-free guidance sweep: fidelity to the source against diversity, for w in {0, 0.5, 1, 2, 4}.
 
     python benchmarks/guidance.py --out benchmarks/results              # trains the demo model with dropout first
-    python benchmarks/guidance.py --checkpoint demo-guidance/run --data demo-guidance/photos/held_out
+    python benchmarks/guidance.py --checkpoint runs/guidance-demo/run --data runs/guidance-demo/photos/held_out
 
 Without ``--checkpoint`` it trains the ``palette demo`` model (tiny preset, JPEG restoration and colorization, held-out
 photos chelsea and grace_hopper) with ``train.cond_drop_prob=0.1`` into ``--train-dir``. Then, for fixed random crops
@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a model trained with train.cond_drop_prob > 0 (default: train one)")
     parser.add_argument("--data", help="held-out images (default: the trained demo's)")
-    parser.add_argument("--train-dir", default="demo-guidance", help="where to train without --checkpoint")
+    parser.add_argument("--train-dir", default="runs/guidance-demo", help="where to train without --checkpoint")
     parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument("--weights", nargs="+", type=float, default=list(WEIGHTS))
     parser.add_argument("--images", type=int, default=8)
