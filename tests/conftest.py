@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,19 @@ def write_random_weights(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def random_weights_dir(tmp_path_factory) -> Path:
     return write_random_weights(tmp_path_factory.mktemp("weights"))
+
+
+def hold_run_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process that takes ``run_dir``'s lock, says so, and keeps it until its stdin closes or it is killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from palette.checkpoint import RunLock; "
+                               "lock = RunLock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
+                               str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def release(holder: subprocess.Popen) -> None:
+    holder.kill()
+    holder.wait()
+    holder.stdin.close()
+    holder.stdout.close()

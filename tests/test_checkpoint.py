@@ -16,7 +16,7 @@ from palette.errors import PaletteError
 from palette.model import PaletteModel
 from palette.sampling import load_model
 
-from conftest import micro_config
+from conftest import hold_run_lock, micro_config, release
 
 
 def _write(run, step, config, fail=None):
@@ -160,25 +160,14 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000000001"]
 
 
-def _hold_in_another_process(run_dir):
-    """A process that takes ``run_dir``'s lock and keeps it until killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from palette.checkpoint import RunLock; "
-                               "lock = RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
-                               str(run_dir)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
-
 def test_a_run_folder_held_by_another_process_is_refused_with_its_holder(tmp_path):
-    holder = _hold_in_another_process(tmp_path)
+    holder = hold_run_lock(tmp_path)
     try:
         with pytest.raises(PaletteError, match=f"in use by another palette train \\(pid {holder.pid} on "
                                                f"{socket.gethostname()} since "):
             ckpt.RunLock(tmp_path)
     finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
+        release(holder)  # SIGKILL
     with ckpt.RunLock(tmp_path):  # a holder that died, even by SIGKILL, leaves nothing that blocks
         assert (tmp_path / "lock").read_text().startswith(f"pid {os.getpid()} on ")
 

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from palette import checkpoint as ckpt
 from palette.distributed import OTHER_LAUNCHERS
 
-from conftest import MICRO, micro_config
+from conftest import MICRO, hold_run_lock, micro_config, release
 
 TIMEOUT_S = 120  # a refused command takes a few seconds (importing torch); a hang takes for ever
 # the micro network's overrides, less those the rows give as flags (a key=value override wins over its flag)
@@ -122,13 +122,8 @@ def existing_run(tmp_path_factory, photo_dir) -> Path:
 
 def hold_the_lock(run: Path, stack) -> dict[str, str]:
     """Another process holds the run folder (it trains into it) until the test ends."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from palette.checkpoint import RunLock; "
-                               "lock = RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(600)", str(run)],
-                              stdout=subprocess.PIPE, text=True)
-    stack.callback(holder.stdout.close)
-    stack.callback(holder.wait)
-    stack.callback(holder.kill)
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_run_lock(run)
+    stack.callback(release, holder)
     return {"holder": str(holder.pid)}
 
 

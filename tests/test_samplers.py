@@ -57,23 +57,30 @@ def test_ancestral_equals_diffusers_ddpm_with_the_papers_variance(model, steps):
     torch.testing.assert_close(ours[-1], out.pred_original_sample if steps < 1000 else theirs[-1], atol=2e-4, rtol=0)
 
 
+def _diffusers_loop(net, x, noise, reference, steps, **step_kwargs):
+    """A plain loop over a diffusers scheduler's own ``step``, the network conditioned on alphas_cumprod[t]."""
+    reference.set_timesteps(steps)
+    y = noise.clone()
+    with torch.no_grad():
+        for t in reference.timesteps:
+            gamma = torch.full((x.shape[0],), float(reference.alphas_cumprod[t].double()))
+            y = reference.step(net(x, y, gamma), t, y, **step_kwargs).prev_sample
+    return y
+
+
+def _generators():
+    return [torch.Generator().manual_seed(s) for s in (0, 1)]
+
+
 @pytest.mark.parametrize("name", SOLVERS)
 @pytest.mark.parametrize("steps", [1, 2, 20])
 def test_each_solver_equals_a_plain_loop_over_diffusers_step(model, name, steps):
     x, noise = _inputs()
     schedule = NoiseSchedule(INFERENCE_SCHEDULE)
-    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    ours = scheduler_sample(model.net, x, make_scheduler(name, schedule), steps, noise, generator=gens)
-    reference = make_scheduler(name, schedule)
-    reference.set_timesteps(steps)
-    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    y = noise.clone()
-    with torch.no_grad():
-        for t in reference.timesteps:
-            gamma = torch.full((2,), float(reference.alphas_cumprod[t].double()))
-            kwargs = {"generator": gens} if name == "dpmpp-2m-sde" else {}
-            y = reference.step(model.net(x, y, gamma), t, y, **kwargs).prev_sample
-    torch.testing.assert_close(ours, y, atol=1e-6, rtol=0)
+    ours = scheduler_sample(model.net, x, make_scheduler(name, schedule), steps, noise, generator=_generators())
+    kwargs = {"generator": _generators()} if name == "dpmpp-2m-sde" else {}
+    theirs = _diffusers_loop(model.net, x, noise, make_scheduler(name, schedule), steps, **kwargs)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
 # not (1.0, 2): there diffusers' float32 sqrt(1 - g_prev - sigma^2) cancels to noise (~2e-4 instead of 3e-8)
@@ -84,18 +91,12 @@ def test_ddim_equals_diffusers_ddim_where_its_stride_is_right(model, eta, steps)
 
     x, noise = _inputs()
     ours = ddim_sample(model.net, x, NoiseSchedule(INFERENCE_SCHEDULE).respaced(steps), noise, eta=eta,
-                       generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+                       generator=_generators())
     reference = DDIMScheduler(num_train_timesteps=1000, trained_betas=np.linspace(1e-4, 0.09, 1000),
                               clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
-    reference.set_timesteps(steps)
-    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    y = noise.clone()
-    with torch.no_grad():
-        for t in reference.timesteps:
-            gamma = torch.full((2,), float(reference.alphas_cumprod[t].double()))
-            y = reference.step(model.net(x, y, gamma), t, y, eta=eta, use_clipped_model_output=True,
-                               generator=gens).prev_sample
-    torch.testing.assert_close(ours, y, atol=2e-5, rtol=0)
+    theirs = _diffusers_loop(model.net, x, noise, reference, steps, eta=eta, use_clipped_model_output=True,
+                             generator=_generators())
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
 
 
 class _Oracle(torch.nn.Module):
