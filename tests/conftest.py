@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -118,3 +120,47 @@ def release(holder: subprocess.Popen) -> None:
     holder.wait()
     holder.stdin.close()
     holder.stdout.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen | None = None,
+               timeout: float = 300) -> None:
+    """Poll ``condition`` until it holds. Fails naming ``what`` once ``process`` has exited without it, or after
+    ``timeout`` seconds: generous, for a loaded 2-core machine; a passing test never waits for the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None and not condition():
+            raise AssertionError(f"the process exited (code {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still no {what} after {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+# A script that runs `palette` with its arguments and appends "<rank> <step>" to the file named by the environment
+# variable PALETTE_TEST_STEPS after every training step: tests wait for steps rather than sleep.
+ANNOUNCING_PALETTE = """\
+import os, sys
+from palette.cli import main
+from palette.train import Trainer
+
+train_step = Trainer.train_step
+def announcing_step(self, micro_batches):
+    stats = train_step(self, micro_batches)
+    with open(os.environ["PALETTE_TEST_STEPS"], "a") as f:
+        f.write(f"{os.environ.get('RANK', '0')} {self.step}\\n")
+    return stats
+Trainer.train_step = announcing_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def steps_announced(path: Path, rank: int = 0) -> int:
+    """The last step process ``rank`` announced in ``path`` (0: none yet)."""
+    lines = path.read_text().split("\n")[:-1] if path.is_file() else []  # whole lines: a write may be under way
+    return max((int(step) for r, step in (line.split() for line in lines) if int(r) == rank), default=0)
+
+
+def sheet_size(columns: int, rows: int, tile: int = 128) -> tuple[int, int]:
+    """(width, height) of a sample sheet: a 16-pixel header of column names, then rows of square tiles, with 4-pixel
+    gaps around each tile; a sheet scales images smaller than 128 pixels up to 128."""
+    gap, header = 4, 16
+    return gap + columns * (tile + gap), header + gap + rows * (tile + gap)

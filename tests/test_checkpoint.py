@@ -160,6 +160,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000000001"]
 
 
+@pytest.mark.integration
 def test_a_run_folder_held_by_another_process_is_refused_with_its_holder(tmp_path):
     holder = hold_run_lock(tmp_path)
     try:
@@ -172,6 +173,7 @@ def test_a_run_folder_held_by_another_process_is_refused_with_its_holder(tmp_pat
         assert (tmp_path / "lock").read_text().startswith(f"pid {os.getpid()} on ")
 
 
+@pytest.mark.integration
 def test_the_holder_may_take_its_lock_again_and_lets_go_with_the_last_release(tmp_path):
     first = ckpt.RunLock(tmp_path)
     second = ckpt.RunLock(tmp_path)  # the command line, then the trainer

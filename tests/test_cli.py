@@ -9,7 +9,7 @@ from PIL import Image
 
 from palette.cli import main
 
-from conftest import MICRO
+from conftest import MICRO, sheet_size
 
 MICRO_FLAGS = [o for o in MICRO if not o.startswith("model.image_size")]
 
@@ -28,9 +28,21 @@ def test_presets_table_lists_the_paper_network(capsys):
     assert all(name in out for name in ("tiny", "small", "base"))
 
 
-def test_the_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "palette", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "sample" in result.stdout and "train" in result.stdout
+@pytest.mark.integration
+def test_the_console_script_is_installed(capsys, monkeypatch):
+    import sysconfig
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    (entry,) = entry_points(group="console_scripts", name="palette")
+    assert entry.value == "palette.cli:main"
+    script = Path(sysconfig.get_path("scripts")) / "palette"  # beside this interpreter, in the same environment
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps the help to the terminal's width: the same in both
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert result.returncode == 0 and result.stdout == capsys.readouterr().out  # the installed script runs main
+    assert result.stdout.startswith("usage: palette ")
 
 
 def test_train_then_resume_then_sample_every_task(capsys, tmp_path, photo_dir):
@@ -169,11 +181,23 @@ def test_demo_writes_one_sheet_per_task(capsys, tmp_path):
     code, out, err = run(capsys, "demo", "--out", tmp_path, "--steps", 2, "--sample-steps", 2, "--num-samples", 2,
                          "--no-progress", "model.base_channels=16", "train.batch_size=4", "data.num_workers=0")
     assert code == 0, err
-    for task in ("colorization", "inpainting", "uncropping", "jpeg"):
-        sheet = Image.open(tmp_path / f"sheet_{task}.png")
-        assert sheet.size[0] > 4 * 32  # input | 2 samples | truth
+    for task in ("colorization", "inpainting", "uncropping", "jpeg"):  # input | 2 samples | truth, 4 crops
+        assert Image.open(tmp_path / f"sheet_{task}.png").size == sheet_size(columns=4, rows=4)
     assert len(list((tmp_path / "photos" / "train").glob("*.png"))) == 8
     assert len(list((tmp_path / "photos" / "held_out").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("modules,package", [(("skimage", "skimage.data"), "scikit-image"),
+                                             (("sklearn", "sklearn.datasets"), "scikit-learn")])
+def test_demo_without_its_extra_says_what_to_install(capsys, tmp_path, monkeypatch, modules, package):
+    for module in modules:  # as if not installed: importing it raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
+    code, _, err = run(capsys, "demo", "--out", tmp_path, "--steps", 1, "--sample-steps", 1, "--num-samples", 1,
+                       "--no-progress")
+    assert code == 2 and "Traceback" not in err
+    assert err == (f"palette demo: error: the demo's photos ship inside the wheels of the demo extra, and {package} is "
+                   "not installed: pip install 'palette-diffusion[demo]' (in a clone: pip install -e '.[demo]')\n")
+    assert not (tmp_path / "run").exists()  # refused before training
 
 
 def test_demo_trains_the_tasks_it_is_given_and_names_a_bad_one(capsys, tmp_path):

@@ -6,11 +6,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import MICRO
+from conftest import ANNOUNCING_PALETTE, MICRO, steps_announced, wait_until
 
 from palette import checkpoint as ckpt
 from palette.cli import main
@@ -29,15 +28,16 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def _torchrun(processes: int, *args: str, wait: bool = True, launcher: str = "torchrun"):
-    env = _env()
+def _torchrun(processes: int, *args: str, wait: bool = True, launcher: str = "torchrun", script=None, env=None):
+    """``palette *args`` (or ``script *args``) on ``processes`` launched processes."""
+    env = {**_env(), **(env or {})}
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     else:  # on a CPU, accelerate launch --cpu starts one process; --multi_gpu with ACCELERATE_USE_CPU starts them all
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no"]
         env["ACCELERATE_USE_CPU"] = "true"
-    cmd += ["-m", "palette", *args]
+    cmd += [str(script), *args] if script else ["-m", "palette", *args]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -79,6 +79,7 @@ def test_batch_layout_splits_the_global_batch_into_equal_micro_batches():
         batch_layout(4, 3)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate launch"])
 def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path, launcher):
     args = [*TRAIN, "--data", str(photo_dir), "--steps", "3"]
@@ -90,6 +91,7 @@ def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path, lau
     _assert_same_weights(tmp_path / "two", tmp_path / "one")
 
 
+@pytest.mark.integration
 def test_each_process_checks_a_slice_of_the_files_and_all_stop_on_a_data_error(photo_dir, tmp_path):
     """The header scan is shared out; its outcomes are pooled, so every process raises the same error (none is left
     waiting in a collective) and it names the unreadable files both processes found."""
@@ -116,6 +118,7 @@ def test_each_process_checks_a_slice_of_the_files_and_all_stop_on_a_data_error(p
         result.stderr[-3000:]
 
 
+@pytest.mark.integration
 def test_two_processes_share_out_the_sample_sheets_and_draw_what_one_process_draws(photo_dir, tmp_path):
     """Each process samples every other row of the sheets, rows of a masked and an unmasked task in one batch; the
     main process gathers them into the sheets one process draws."""
@@ -164,6 +167,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate launch"])
 def test_two_nodes_joined_by_the_launcher_train_the_same_parameters_as_one_process(photo_dir, tmp_path, launcher):
     """The README's multi-node commands, with two launchers on this machine standing in for two nodes of one process
@@ -199,6 +203,7 @@ def _assert_same_ema(a, b, tol):
     assert worst < tol, worst
 
 
+@pytest.mark.integration
 def test_fsdp_on_two_processes_trains_the_same_parameters_as_one(photo_dir, tmp_path):
     args = [*TRAIN, "--data", str(photo_dir), "--steps", "3"]
     # micro-batches of 1: FSDP's gradient accumulation (reduce-scatter on the last micro-batch only) as well
@@ -217,6 +222,7 @@ def test_fsdp_on_two_processes_trains_the_same_parameters_as_one(photo_dir, tmp_
         assert fsdp_opt["state"][i]["exp_avg"].shape == entries["exp_avg"].shape
 
 
+@pytest.mark.integration
 def test_an_fsdp_run_resumes_on_one_process_and_back_and_matches(photo_dir, tmp_path):
     args = [*TRAIN, "--data", str(photo_dir)]
     chain = str(tmp_path / "chain")
@@ -239,15 +245,14 @@ def test_gradient_accumulation_equals_one_large_batch(photo_dir, tmp_path):
     _assert_same_weights(tmp_path / "whole", tmp_path / "accumulated")
 
 
+@pytest.mark.integration
 def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp_path):
     args = [*TRAIN, "--data", str(photo_dir)]
     run = tmp_path / "killed"
     proc = _torchrun(2, "train", *args, "--steps", "100000", "--out", str(run), *EXACT, wait=False)
-    deadline = time.time() + 240
     try:
-        while time.time() < deadline and not (ckpt.latest_checkpoint(run) and
-                                               ckpt.latest_checkpoint(run).name >= "step-000000002"):
-            time.sleep(0.05)
+        wait_until(lambda: ckpt.latest_checkpoint(run) not in (None, run / "checkpoints" / "step-000000001"),
+                   "second checkpoint", proc)
     finally:
         _kill_tree(proc)
     killed_at = int(ckpt.latest_checkpoint(run).name.split("-")[1])
@@ -257,25 +262,27 @@ def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp
     assert ckpt.latest_checkpoint(run).name == f"step-{int(end):09d}"
     assert main(["train", *args, "--steps", end, "--out", str(tmp_path / "whole"), *EXACT]) == 0
     _assert_same_weights(run, tmp_path / "whole", tol=1e-4)
-    assert isinstance(load_model(run, "cpu").net, torch.nn.Module)
+    ema = ckpt.read_weights(ckpt.latest_checkpoint(run) / "ema.safetensors")[0]
+    loaded = load_model(run, "cpu").net.state_dict()  # what a user samples: the resumed run's EMA weights
+    assert loaded.keys() == ema.keys() and all(torch.equal(loaded[k], ema[k]) for k in ema)
 
 
+@pytest.mark.integration
 def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(photo_dir, tmp_path):
     import psutil
 
-    run = tmp_path / "run"
+    run, script, steps = tmp_path / "run", tmp_path / "announcing_palette.py", tmp_path / "steps"
+    script.write_text(ANNOUNCING_PALETTE)
     proc = _torchrun(2, "train", *TRAIN, "--data", str(photo_dir), "--steps", "100000", "--out", str(run), *EXACT,
-                     "train.checkpoint_every=1000", wait=False)
+                     "train.checkpoint_every=1000", wait=False, script=script, env={"PALETTE_TEST_STEPS": str(steps)})
     log = run / "train.log"
     try:
-        deadline = time.time() + 120
-        while not (log.is_file() and "training inpainting" in log.read_text()) and time.time() < deadline:
-            time.sleep(0.1)
-        time.sleep(2)
+        # once rank 1 has finished a step it is in the training loop, where a stop signal is caught
+        wait_until(lambda: steps_announced(steps, rank=1) >= 1, "step of rank 1", proc)
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
         assert len(workers) == 1
         workers[0].send_signal(signal.SIGTERM)  # rank 1 only: the main process must learn of it and stop too
-        assert proc.wait(timeout=120) == 0
+        assert proc.wait(timeout=300) == 0
     except BaseException:
         _kill_tree(proc)
         raise
@@ -283,8 +290,10 @@ def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoi
     assert stopped, log.read_text()[-2000:]
     latest = ckpt.latest_checkpoint(run)
     assert latest is not None and ckpt.read_training_state(latest)[1]["step"] == int(stopped.group(1)) >= 1
+    assert steps_announced(steps, rank=0) == steps_announced(steps, rank=1) == int(stopped.group(1))  # the same step
 
 
+@pytest.mark.integration
 def test_sharded_sampling_gives_the_same_images_as_one_process(trained_run, photo_dir, tmp_path):
     args = ["sample", "--checkpoint", str(trained_run), "--task", "inpainting", "--mask", "center", "--input",
             str(photo_dir), "--num-samples", "2", "--steps", "3", "--device", "cpu", "--batch-invariant",
@@ -297,6 +306,7 @@ def test_sharded_sampling_gives_the_same_images_as_one_process(trained_run, phot
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
+@pytest.mark.integration
 def test_distributed_eval_shares_images_and_metric_passes_and_reports_once(trained_run, photo_dir,
                                                                             random_weights_dir, tmp_path):
     # batches of one image: the 4 images' metric batches are split 2 + 2 between the processes and gathered by the
@@ -353,7 +363,7 @@ def test_bench_reports_throughput_and_fraction_of_peak(capsys, tmp_path):
 
 def test_configure_cuda_sets_cudnn_search_and_tf32_and_the_config_can_turn_them_off():
     from palette.config import apply_overrides, preset
-    from palette.train import configure_cuda
+    from palette.devices import configure_cuda
 
     def flags():
         return torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -421,6 +431,7 @@ def test_a_failed_command_leaves_its_process_group_to_the_launcher(tmp_path, cap
             dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_launched_processes_wait_in_collectives_for_the_configured_time(tmp_path):
     """Training's process group takes train.collective_timeout_minutes (NCCL's own default is 10 minutes, and the other
     processes wait while the main one writes a checkpoint); sample and eval take its default."""
@@ -466,6 +477,7 @@ def test_a_launched_process_refuses_a_device_that_names_one_gpu_and_training_ign
     assert "names one GPU" in caplog.text
 
 
+@pytest.mark.integration
 def test_launched_processes_join_one_run_on_a_machine_without_a_gpu_whatever_the_device_flag(tmp_path):
     """On a CPU machine --device auto (the default) is the CPU: the launched processes join one gloo group, as they do
     with --device cpu, instead of each training alone into the same run folder."""

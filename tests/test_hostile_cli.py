@@ -158,6 +158,7 @@ def _assert_nothing_lost_or_overwritten(before: dict[str, bytes], after: dict[st
             assert after[name] == content, f"{name} was overwritten"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
 def test_a_hostile_train_command_ends_with_one_line_naming_its_input(row, tmp_path, photo_dir, existing_run):
     run = tmp_path / "run"

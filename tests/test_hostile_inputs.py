@@ -445,6 +445,8 @@ WEB_CASES = {  # name: (request arguments given the folder, expected message)
                                      "3,840 pixels together \\(2 of 48x40\\), above this server's limit of 3,839"),
     "a JPEG claiming 20000x20000": (lambda d: {"path": jpeg_claiming(d / "huge.jpg", 20000, 20000)},
                                     "huge.jpg claims more pixels than this server's limit"),
+    "inpainting with no stroke drawn": (lambda d: {"task": "inpainting"}, "The drawn mask is empty: once the photo "
+                                        "shows in the editor, draw the region to fill with the brush"),
 }
 
 

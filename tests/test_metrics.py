@@ -32,6 +32,7 @@ def backbones(random_weights_dir):
     return MT.Backbones(random_weights_dir)
 
 
+@pytest.mark.slow  # Inception-v3 through two libraries: 100 s on a 2-core CPU
 def test_fid_kid_is_equal_torch_fidelity_and_torchmetrics(tmp_path, random_weights_dir, backbones):
     import torch_fidelity
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -60,6 +61,7 @@ def test_fid_kid_is_equal_torch_fidelity_and_torchmetrics(tmp_path, random_weigh
     assert inception_score == pytest.approx(reference["inception_score_mean"], rel=1e-3)
 
 
+@pytest.mark.slow  # Inception-v3 features: 40 s
 def test_fid_is_zero_for_a_set_against_itself_and_grows_with_a_shift(backbones):
     images = _images(16, 2)
     base = MT.FeatureStats.of(backbones.inception(images)[0])
@@ -86,6 +88,7 @@ def test_both_exact_fid_forms_equal_scipy_sqrtm(n):
     assert eigen_form == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow  # ResNet-50 at full size: 18 s
 def test_classification_accuracy_of_a_classifier_right_by_construction_is_100(tmp_path, random_weights_dir):
     """A ResNet-50 whose last layer solves (features -> one-hot label) exactly classifies its images right."""
     import shutil

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import MICRO, micro_config
+from conftest import MICRO, micro_config, sheet_size
 from PIL import Image
 
 from palette.cli import main
@@ -62,8 +62,8 @@ def test_the_tasks_flag_trains_a_weighted_multi_task_model_with_per_task_curves_
     assert code == 0, err
     config = Config.load(run_dir / "config.yaml")
     assert config.task.tasks == ("colorization", "inpainting", "jpeg") and config.task.weights == (1.0, 2.0, 1.0)
-    for name in config.task.tasks:
-        assert Image.open(run_dir / "samples" / f"step0000002_{name}.png").size[0] > 0
+    for name in config.task.tasks:  # input | 1 sample | truth, for each of 2 images
+        assert Image.open(run_dir / "samples" / f"step0000002_{name}.png").size == sheet_size(columns=3, rows=2)
     # the tasks of the 16 examples the run saw, drawn again from the same seeded data
     data = TrainingData(list_images(photo_dir), make_task("multi", config.task.tasks, config.task.weights), 16, 3,
                         seed=config.train.seed)
@@ -73,6 +73,24 @@ def test_the_tasks_flag_trains_a_weighted_multi_task_model_with_per_task_curves_
     tags = set(events.Tags()["scalars"])
     assert {t for t in tags if t.startswith("train/loss/")} == {f"train/loss/{name}" for name in seen}
     assert {f"samples/{name}" for name in config.task.tasks} <= set(events.Tags()["images"])
+
+
+def test_a_training_step_records_each_example_s_loss_under_its_task(tmp_path, photo_dir):
+    import torch
+
+    trainer = Trainer(micro_config(f"data.path={photo_dir}", "task.name=multi", "model.dropout=0"), tmp_path,
+                      progress=False)
+    batch = torch.utils.data.default_collate([trainer.dataset[i] for i in range(4)])
+    with torch.no_grad():  # each example's loss, before the step changes the weights
+        losses = trainer.model.training_losses(batch["x"], batch["y"], batch["mask"], gamma=batch["gamma"],
+                                               noise=batch["noise"]).tolist()
+    expected = {}
+    for name, loss in zip(batch["task"], losses):
+        expected.setdefault(name, []).append(loss)
+    trainer.train_step([batch])
+    assert trainer.task_losses.keys() == expected.keys()
+    for name, values in expected.items():
+        assert trainer.task_losses[name] == pytest.approx(values, rel=1e-4), name
 
 
 def test_a_task_curve_is_the_mean_loss_of_its_examples_since_the_last_log(tmp_path, photo_dir):

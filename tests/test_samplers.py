@@ -27,7 +27,7 @@ def _inputs(n=2):
     return torch.rand(n, 3, 16, 16, generator=g) * 2 - 1, torch.randn(n, 3, 16, 16, generator=g)
 
 
-@pytest.mark.parametrize("steps", [10, 1000])
+@pytest.mark.parametrize("steps", [10, pytest.param(1000, marks=pytest.mark.slow)])
 def test_ancestral_equals_diffusers_ddpm_with_the_papers_variance(model, steps):
     """The paper's sampler is DDPM with variance beta_t ("fixed_large") and y0 clipped, on the inference schedule."""
     from diffusers import DDPMScheduler
@@ -118,6 +118,7 @@ def _oracle_model(y0, *overrides):
     return model
 
 
+@pytest.mark.slow  # each sampler at 100 step counts: up to 14 s each on a 2-core CPU
 @pytest.mark.parametrize("schedule", ["inference", "training"])
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_with_an_exact_denoiser_returns_the_target_at_every_step_count(name, schedule):
@@ -188,7 +189,7 @@ def test_known_pixels_stay_exact(model, name):
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
-@pytest.mark.parametrize("steps", [1, 2, 1000])
+@pytest.mark.parametrize("steps", [1, 2, pytest.param(1000, marks=pytest.mark.slow)])
 def test_any_step_count_from_1_to_1000_samples(model, name, steps):
     x, _ = _inputs(1)
     out = model.sample(x, steps=steps, sampler=name)
@@ -250,6 +251,7 @@ def test_bad_sampling_arguments_are_clear_errors(model, kwargs, match):
         model.sample(x, **{"steps": 3, **kwargs})
 
 
+@pytest.mark.slow  # three solvers at 400 steps: 30 s
 def test_deterministic_solvers_agree_with_many_steps(model):
     """DDIM (eta 0), DPM-Solver++(2M) and UniPC integrate the same probability-flow ODE of the clipped-y0 model."""
     x, noise = _inputs()

@@ -451,6 +451,7 @@ def _begin(browser, server):
     return page
 
 
+@pytest.mark.integration  # a server process and a browser
 def test_an_observer_completes_the_study_by_keyboard(browser, served):
     page = _begin(browser, served)
     keys = ["ArrowLeft", "ArrowRight", "ArrowRight", "ArrowLeft"]
@@ -467,6 +468,7 @@ def test_an_observer_completes_the_study_by_keyboard(browser, served):
         assert DISPLAY_MS - 10 <= shown_ms <= DISPLAY_MS + 250 and response_ms >= shown_ms
 
 
+@pytest.mark.integration  # a server process and a browser
 @pytest.mark.parametrize("served", [LONG_DISPLAY_MS], indirect=True)
 def test_an_observer_answers_by_mouse_while_the_pair_is_shown(browser, served):
     page = _begin(browser, served)
@@ -482,6 +484,7 @@ def test_an_observer_answers_by_mouse_while_the_pair_is_shown(browser, served):
         assert response_ms <= shown_ms < LONG_DISPLAY_MS
 
 
+@pytest.mark.integration  # a server process and a browser
 def test_a_killed_server_loses_nothing_and_the_observer_resumes(browser, served, tmp_path):
     page = _begin(browser, served)
     _state(page, "showing", "hidden")

@@ -2,6 +2,7 @@
 the process (loader workers included) with the last checkpoint intact."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from palette.errors import PaletteError
 from palette.model import PaletteModel
 from palette.train import Trainer, ema_decay, learning_rate, train
 
-from conftest import micro_config
+from conftest import micro_config, sheet_size
 
 
 def _params(run):
@@ -87,8 +88,8 @@ def test_a_run_folder_holds_config_weights_state_logs_and_sheets(tmp_path, photo
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     sheets = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     assert sheets == ["step0000002_colorization.png", "step0000002_inpainting.png", "step0000002_jpeg.png"]
-    w, h = Image.open(tmp_path / "samples" / sheets[0]).size
-    assert w > h  # input | 2 samples | truth in a row, 2 rows
+    for sheet in sheets:  # input | 2 samples | truth, for each of 2 images
+        assert Image.open(tmp_path / "samples" / sheet).size == sheet_size(columns=4, rows=2)
 
 
 def test_tensorboard_logs_the_training_scalars(tmp_path, photo_dir):
@@ -170,33 +171,73 @@ def test_a_tiny_model_overfits_two_images_and_the_sampler_reproduces_them(tmp_pa
     assert error < 0.2 * baseline  # measured about 0.05 of the baseline when this test was written
 
 
+# Python source run in a training process before `palette train`: pause_on_call(name, n, applies) makes the n-th call
+# of palette.checkpoint's ``name`` (counting the calls that ``applies`` to) create the file named by
+# PALETTE_TEST_PAUSED and wait there to be killed, so a test kills the process at that exact point of a checkpoint.
+PAUSE_ON_CALL = """
+import os, signal
+from palette import checkpoint
+def pause_on_call(name, number, applies=lambda *args: True):
+    real, calls = getattr(checkpoint, name), []
+    def pausing(*args, **kwargs):
+        if applies(*args):
+            calls.append(args)
+            if len(calls) == number:
+                open(os.environ["PALETTE_TEST_PAUSED"], "w").close()
+                signal.pause()
+        return real(*args, **kwargs)
+    setattr(checkpoint, name, pausing)
+"""
+# Moments of the checkpoint cycle at which a run is killed: a checkpoint writes model, ema and state files into a
+# temporary folder (three calls of save_file), renames the folder, then points `latest` at it.
+KILL_MOMENTS = {
+    "as soon as a checkpoint is complete": "",
+    "while the second checkpoint's files are written": "pause_on_call('save_file', 5)",  # before its ema file
+    "after the second checkpoint's folder is renamed, before `latest` names it":
+        "pause_on_call('atomic_write_bytes', 2, lambda path, data: path.name == 'latest')",
+}
+
+
+@pytest.mark.integration
 def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, photo_dir):
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from palette.sampling import load_model
 
-    from conftest import MICRO
+    from conftest import MICRO, wait_until
 
-    run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "palette", "train", "--task", "inpainting", "--data", str(photo_dir), "--out",
-            str(run_dir), "--preset", "tiny", "--image-size", "16", "--steps", "100000", "--no-progress",
+    run_dir, paused = tmp_path / "run", tmp_path / "paused"
+    runner = "import sys; exec(sys.argv[1]); from palette.cli import main; sys.exit(main(sys.argv[2:]))"
+    argv = ["train", "--task", "inpainting", "--data", str(photo_dir), "--out", str(run_dir), "--preset", "tiny",
+            "--image-size", "16", "--steps", "100000", "--no-progress",
             *[o for o in MICRO if not o.startswith("model.image_size")], "train.checkpoint_every=1"]
-    for delay in (0.0, 0.05, 0.13):  # kill at different moments of the write cycle
-        proc = subprocess.Popen(argv + (["--resume"] if ckpt.latest_checkpoint(run_dir) else []),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
+    for moment, pause in KILL_MOMENTS.items():
         before = ckpt.latest_checkpoint(run_dir)
-        while ckpt.latest_checkpoint(run_dir) == before and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        done = int(before.name.split("-")[1]) if before else 0
+        first, second = ckpt.step_dir_name(done + 1), ckpt.step_dir_name(done + 2)  # this process's checkpoints
+        paused.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", runner, PAUSE_ON_CALL + pause, *argv,
+                                 *(["--resume"] if before else [])],
+                                env={**os.environ, "PALETTE_TEST_PAUSED": str(paused)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if pause:
+                wait_until(paused.exists, f"pause {moment}", proc)
+            else:
+                wait_until(lambda: ckpt.latest_checkpoint(run_dir) != before, "new checkpoint", proc)
+        finally:
+            proc.kill()
+            proc.wait()
         latest = ckpt.latest_checkpoint(run_dir)
-        assert latest is not None and latest != before
+        assert latest is not None and latest != before, moment
+        if pause:  # killed in its second checkpoint, which is left half done: the first is the one to load
+            assert latest.name == first, moment
+            left = {p.name for p in (run_dir / "checkpoints").iterdir()}
+            if "renamed" in moment:
+                assert second in left, left  # complete, but not named by `latest`
+            else:
+                assert any(name.startswith(f".{second}.") for name in left), left  # its temporary folder
         load_model(run_dir, "cpu")
         ckpt.read_training_state(latest)
 
@@ -219,42 +260,45 @@ def test_a_time_limit_checkpoints_and_stops_and_the_run_resumes_to_the_same_weig
         torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=0)
 
 
+@pytest.mark.integration
 def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path, photo_dir):
-    import os
     import re
     import signal
     import subprocess
     import sys
-    import time
 
     from palette.cli import main
 
-    from conftest import MICRO
+    from conftest import ANNOUNCING_PALETTE, MICRO, steps_announced, wait_until
 
-    run_dir = tmp_path / "run"
+    run_dir, script, steps = tmp_path / "run", tmp_path / "announcing_palette.py", tmp_path / "steps"
+    script.write_text(ANNOUNCING_PALETTE)
     flags = ["--task", "inpainting", "--data", str(photo_dir), "--out", str(run_dir), "--preset", "tiny",
              "--image-size", "16", "--no-progress", "--auto-resume",  # a fresh folder: --auto-resume starts the run
              *[o for o in MICRO if not o.startswith("model.image_size")], "data.num_workers=1",
              "train.micro_batch_size=1"]  # 4 micro-batches a step: more than one worker prefetches
     # a session of its own, signalled as a whole like a scheduler's job: the loader worker gets SIGTERM too
-    proc = subprocess.Popen([sys.executable, "-m", "palette", "train", *flags, "--steps", "100000"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = run_dir / "train.log"
-    deadline = time.time() + 120
-    while not (log.is_file() and "training inpainting" in log.read_text()) and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(3)  # some steps
+    proc = subprocess.Popen([sys.executable, str(script), "train", *flags, "--steps", "100000"],
+                            env={**os.environ, "PALETTE_TEST_STEPS": str(steps)}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: steps_announced(steps) >= 2, "second training step", proc)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
     assert ckpt.latest_checkpoint(run_dir) is None  # checkpoint_every is 1000: nothing written yet
     os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
-    stopped = re.search(r"stopped by SIGTERM at step (\d+) of 100000: checkpoint written", log.read_text())
-    assert stopped, log.read_text()[-2000:]
+    log = (run_dir / "train.log").read_text()
+    stopped = re.search(r"stopped by SIGTERM at step (\d+) of 100000: checkpoint written", log)
+    assert stopped, log[-2000:]
     step = int(stopped.group(1))
-    assert step >= 1 and ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step
+    assert step >= 2 and ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step
     assert main(["train", *flags, "--steps", str(step + 2)]) == 0  # --auto-resume finds the checkpoint
     assert ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step + 2
-    assert f"resumed {run_dir} at step {step}" in log.read_text()
+    assert f"resumed {run_dir} at step {step}" in (run_dir / "train.log").read_text()
 
 
 # A training process whose step fails while loader workers are alive (they ignore SIGTERM); a full disk makes
@@ -320,12 +364,14 @@ def _group_is_gone(group: int) -> bool:
     return False
 
 
+@pytest.mark.integration
 def test_an_error_while_loader_workers_run_ends_the_process_and_its_workers(tmp_path, photo_dir):
     code, err, group = _train_with_fault(FAULTS["an error in a training step"], tmp_path / "run", photo_dir)
     assert code != 0 and "injected failure of step 1" in err, err[-3000:]
     assert _group_is_gone(group)  # no worker outlives the training process
 
 
+@pytest.mark.integration
 def test_a_full_disk_at_a_checkpoint_ends_the_run_with_one_line_and_keeps_the_previous_checkpoint(tmp_path,
                                                                                                 photo_dir):
     run = tmp_path / "run"

@@ -7,11 +7,11 @@
 Images may be PIL images, numpy arrays (H, W) or (H, W, C) of uint8, uint16 or floats in [0, 1], tensors (C, H, W)
 of uint8 or floats in [0, 1], or paths of image files; a list, a (B, H, W, C) array or a (B, C, H, W) tensor is a batch.
 Anything else (floats outside [0, 1] such as 0..255, NaN, other integer types, an empty image, more pixels than
-``max_pixels``) is a PaletteError naming the argument. Any size works: each image is resized to
-the model's size, sampled, and the samples resized back to the image's size (times the factor for
-super-resolution); for inpainting and uncropping the
-pixels outside the mask are the input's own, exactly (no tiling yet). Each input gives a list of ``num_samples``
-PIL images (tensors in [0, 1] with ``output="tensor"``); a batch gives one such list per input.
+``max_pixels``) is a PaletteError naming the argument. Any size works: each image is resized to the model's size,
+sampled, and the samples resized back to the image's size (times the factor for super-resolution), or, with
+``tile=True``, sampled at its own size in overlapping tiles of the model's size. For inpainting and uncropping the
+pixels outside the mask are the input's own, exactly. Each input gives a list of ``num_samples`` PIL images
+(tensors in [0, 1] with ``output="tensor"``); a batch gives one such list per input.
 """
 
 from __future__ import annotations

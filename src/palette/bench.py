@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import Config, apply_overrides, preset, use_channels_last
 from .errors import PaletteError
 from .model import PaletteModel
-from .train import configure_cuda, resolve_device
+from .devices import configure_cuda, resolve_device
 
 # Janspiry/Palette-Image-to-Image-Diffusion-Models' shipped network: 64 channels x (1, 2, 4, 8), 2 residual blocks,
 # attention at 16x16 with 32 channels per head, 64x64 images, batch 8

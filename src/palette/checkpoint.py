@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -232,20 +233,38 @@ def read_training_state(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any
     return optimizer, json.loads(meta["training"])
 
 
-def resolve_weights(path: str | Path, use_ema: bool = True) -> Path:
-    """A weights file from a run folder (its latest checkpoint), a checkpoint folder or a ``.safetensors`` file."""
+ROUND_FOLDER = "steps-{steps:04d}"  # a round of `palette distill` in its folder: the student of that many steps
+
+
+def resolve_weights(path: str | Path, use_ema: bool = True, flag: str = "--checkpoint") -> Path:
+    """A weights file from a run folder (its latest checkpoint), a checkpoint folder, a ``.safetensors`` file or a
+    distillation folder (its finished student with the fewest steps). ``flag`` names the argument in errors."""
     path = Path(path)
     name = WEIGHT_FILES[0] if use_ema else WEIGHT_FILES[1]
     if path.is_file():
         return path
-    if path.is_dir():
-        if (path / name).is_file():
-            return path / name
-        found = latest_checkpoint(path)
-        if found is not None:
-            return found / name
-        raise PaletteError(f"--checkpoint {path}: the folder holds no complete checkpoint (checkpoints/step-*/{name})")
-    raise PaletteError(f"--checkpoint {path}: no such file or folder")
+    if not path.is_dir():
+        raise PaletteError(f"{flag} {path}: no such file or folder")
+    if (path / name).is_file():
+        return path / name
+    found = latest_checkpoint(path) or _fewest_step_student(path)
+    if found is None:
+        raise PaletteError(f"{flag} {path}: the folder holds no complete checkpoint (checkpoints/step-*/{name}) "
+                           "and no finished distillation round (steps-NNNN)")
+    return found / name
+
+
+def _fewest_step_student(folder: Path) -> Path | None:
+    """The last checkpoint of the finished round with the fewest steps in a distillation folder, if any: a round
+    stopped early (a time limit, a signal) is not a student yet."""
+    rounds = sorted(folder.glob(ROUND_FOLDER.replace("{steps:04d}", "[0-9]" * 4)))
+    for round_dir in rounds:
+        last = latest_checkpoint(round_dir)
+        if last is not None and (round_dir / "config.yaml").is_file():
+            planned = yaml.safe_load((round_dir / "config.yaml").read_text())["train"]["steps"]
+            if int(read_training_state(last)[1]["step"]) >= planned:
+                return last
+    return None
 
 
 # ---- the run folder: one writer at a time ------------------------------------------------------------------------

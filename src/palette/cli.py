@@ -11,7 +11,9 @@ from .errors import PaletteError
 
 
 class _TqdmHandler(logging.StreamHandler):
-    """Log lines that do not tear progress bars."""
+    """Log lines that do not tear progress bars. tqdm's public tool for this, ``tqdm.contrib.logging.
+    logging_redirect_tqdm``, swaps handlers for the length of a ``with`` block; the command installs this one for its
+    whole life instead (tqdm's handler class itself is private)."""
 
     def emit(self, record):
         from tqdm.auto import tqdm
@@ -32,9 +34,9 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("palette").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _add_run_file_log(run_dir: Path) -> None:
+def _add_run_file_log(run_dir: Path, name: str = "train.log") -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(run_dir / name)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)
 
@@ -130,6 +132,28 @@ def cmd_train(args) -> int:
         last = train(config, out, resume=args.resume, progress=not args.no_progress)
     if _rank() == 0:
         print(f"last checkpoint: {last}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .checkpoint import check_output_path
+    from .distill import distill
+    from .distributed import check_launcher
+
+    out = check_output_path(args.out)
+    check_launcher()
+    flags = {"data.path": args.data, "train.batch_size": args.batch_size, "train.device": args.device,
+             "train.time_limit_minutes": args.time_limit, "data.num_workers": args.workers, "train.lr": args.lr}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    if _rank() == 0:
+        _add_run_file_log(out, "distill.log")
+    else:
+        logging.getLogger("palette").setLevel(logging.WARNING)
+    done = distill(args.teacher, out, args.from_steps, args.to_steps, args.steps_per_round, overrides,
+                   resume=args.resume, progress=not args.no_progress, method=args.method)
+    if _rank() == 0:
+        for folder in done:
+            print(f"student: {folder}")
     return 0
 
 
@@ -354,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .masks import MASK_NAMES
     from .metrics import DIVERSITY_PAIRS as EVAL_DIVERSITY
     from .protocols import LABEL_SPACES, PROTOCOLS
+    from .distill import METHODS
     from .samplers import SAMPLERS
     from .tasks import PAIRED, PAPER_TASKS, TASK_NAMES
     from .webapp import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET
@@ -410,6 +435,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config value, e.g. train.lr=2e-4")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distil a trained model into students that sample in a few steps")
+    p.add_argument("--teacher", required=True, help="the trained model: run folder, checkpoint folder or .safetensors")
+    p.add_argument("--out", required=True, help="distillation folder: one run folder steps-NNNN per round")
+    p.add_argument("--method", choices=METHODS, default="progressive",
+                   help="progressive distillation (Salimans & Ho 2022): each round halves the DDIM steps")
+    p.add_argument("--from-steps", type=int, default=128, metavar="N",
+                   help="the teacher's DDIM steps in the first round (default 128)")
+    p.add_argument("--to-steps", type=int, default=1, metavar="N", help="the last student's steps (default 1)")
+    p.add_argument("--steps-per-round", type=_positive, default=2000, metavar="N",
+                   help="optimisation steps of each round (default 2000)")
+    p.add_argument("--data", help="training images (default: the teacher's data.path)")
+    p.add_argument("--batch-size", type=int, help="global batch of one step (default: the teacher's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the teacher's train.lr)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, ...")
+    p.add_argument("--workers", type=int, help="data loading processes")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES", help="checkpoint and stop each round after this")
+    p.add_argument("--resume", action="store_true", help="continue the distillation in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any config value of the students")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("sample", help="sample a trained model on image files")
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")

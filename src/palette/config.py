@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, ScheduleConfig
+from .diffusion import INFERENCE_SCHEDULE, PARAMETERIZATIONS, TRAINING_SCHEDULE, NoiseSchedule, ScheduleConfig
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS
 from .tasks import MULTI_TASK_DEFAULT, PAIRED, TASK_NAMES
@@ -35,6 +35,9 @@ class DiffusionConfig:
     clip_denoised: bool = True  # every sampler clips its y0 estimates to [-1, 1] (not in the paper's Algorithm 2)
     loss: str = "l2"  # l2 (the paper) or l1 (its ablation)
     objective: str = "diffusion"  # diffusion, or regression: the paper's baseline mapping x to y with L2
+    # what the network predicts: eps (the paper's noise) or v = sqrt(gamma) eps - sqrt(1 - gamma) y_0 (a distilled
+    # student's: y_0 from eps divides by sqrt(gamma), which is about 1e-10 at the first of few sampling steps)
+    parameterization: str = "eps"
 
 
 @dataclass
@@ -79,7 +82,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     device: str = "auto"
     # memory layout of activations: auto is channels_last on CPUs (oneDNN convolutions are faster) and NCHW on GPUs
-    # (measured on an H100: GroupNorm on channels_last adds layout copies, 38% more GPU time per step); or true/false
+    # (CUDA's GroupNorm copies channels_last tensors to contiguous ones: docs/performance.md); or true/false
     channels_last: str = "auto"
     # batch_size is the global batch of one optimisation step, over all processes; each process runs it in
     # micro-batches of at most micro_batch_size (0: batch_size / processes) with gradient accumulation between
@@ -104,12 +107,22 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    # progressive distillation (`palette distill`, Salimans & Ho 2022): this model is a student that samples in
+    # `steps` DDIM steps, trained to match two DDIM steps of `teacher` (the teacher's weights) in each of its steps.
+    # steps = 0: not a student
+    teacher: str = ""
+    steps: int = 0
+
+
+@dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     preset: str = "paper"
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +175,9 @@ class Config:
             raise PaletteError(f"--loss must be l2 or l1, got {self.diffusion.loss!r}")
         if self.diffusion.objective not in ("diffusion", "regression"):
             raise PaletteError(f"--objective must be diffusion or regression, got {self.diffusion.objective!r}")
+        if self.diffusion.parameterization not in PARAMETERIZATIONS:
+            raise PaletteError(f"diffusion.parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got "
+                               f"{self.diffusion.parameterization!r}")
         if self.train.cond_drop_prob and self.diffusion.objective == "regression":
             raise PaletteError("train.cond_drop_prob is for guided diffusion: the regression baseline has no guidance")
         levels = len(self.model.channel_mult) - 1
@@ -195,6 +211,20 @@ class Config:
         limit = self.sampling_schedule().steps
         if not 1 <= self.diffusion.sample_steps <= limit:
             raise PaletteError(f"diffusion.sample_steps must be between 1 and {limit}, got {self.diffusion.sample_steps}")
+        if self.distill.steps:
+            self._check_student()
+
+    def _check_student(self) -> None:
+        """A distilled student samples with DDIM (eta 0) in exactly the steps it was trained for, and predicts v."""
+        d, steps = self.diffusion, self.distill.steps
+        if d.sampler != "ddim" or d.eta != 0 or d.sample_steps != steps or d.parameterization != "v":
+            raise PaletteError(
+                f"distill.steps={steps} is a student of progressive distillation: it needs diffusion.sampler=ddim, "
+                f"diffusion.eta=0, diffusion.sample_steps={steps} and diffusion.parameterization=v")
+        try:
+            NoiseSchedule(self.sampling_schedule()).check_halving(steps)
+        except ValueError as err:
+            raise PaletteError(f"distill.steps: {err}") from None
 
     def _check_ranges(self) -> None:
         """Numbers outside their range fail late and obscurely (a division by zero at the first log, a loss that turns
@@ -230,6 +260,7 @@ RANGES = (
     ("train.keep_checkpoints", "", "0 (keep all) or more", lambda v: v >= 0),
     ("train.time_limit_minutes", "--time-limit", "0 (no limit) or more", lambda v: v >= 0),
     ("train.collective_timeout_minutes", "", "positive", lambda v: v > 0),
+    ("distill.steps", "", "0 (not a student) or more", lambda v: v >= 0),
     ("data.num_workers", "--workers", "0 (load in the training process) or more", lambda v: v >= 0),
     ("data.max_bad_fraction", "", "between 0 and 1", lambda v: 0 <= v <= 1),
 )
@@ -335,7 +366,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 # Each preset overrides the defaults above (the paper's recipe). tiny and small are sized to train on a 2-core CPU.
 # They keep the paper's 8 channels per GroupNorm group (256 channels, 32 groups) rather than its 32 groups: with 32
 # groups of their 32 channels, each norm is an instance norm that removes every channel's mean, the network cannot
-# carry x's colours to its output, and JPEG samples came out with random colours (measured: README, "Choices").
+# carry x's colours to its output, and JPEG samples came out with random colours (measured: docs/paper-fidelity.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": dict(image_size=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
@@ -354,15 +385,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "base": {
         "model": dict(image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
                       attention_resolutions=(32, 16, 8), head_channels=64),
-        # micro-batches of 16 per GPU: measured on an 80 GB H100, 16 images use 43 GB (bf16) to 51 GB (fp32) and 32 run
-        # out of memory
+        # micro-batches of 16 per GPU: 16 images fit an 80 GB card in fp32, 32 do not (docs/performance.md)
         "train": dict(batch_size=256, micro_batch_size=16),
     },
     "paper": {
         "model": dict(image_size=256, base_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
                       attention_resolutions=(32, 16, 8), head_channels=64),
-        # measured on an 80 GB H100: 16 images with gradient checkpointing use 28.5 GB in bf16. FSDP shards the
-        # 552.8M parameters' weights, gradients, Adam moments and EMA (8.8 GB in fp32) over the processes
+        # 16 images with gradient checkpointing fit an 80 GB card (docs/performance.md); FSDP shards the 552.8M
+        # parameters' weights, gradients, Adam moments and EMA (8.8 GB in fp32) over the processes
         "train": dict(batch_size=1024, steps=1_000_000, micro_batch_size=16, gradient_checkpointing=True,
                       sharding="fsdp"),
     },

@@ -274,13 +274,16 @@ class TrainingData(torch.utils.data.Dataset):
     ``source_channels``), y the target, and both get the same random crop and mirroring. With a ``noise_schedule``
     each example also draws its diffusion noise level gamma and noise eps. With ``cond_drop_prob`` p > 0 its source x
     is replaced by zeros with probability p (condition dropout, for classifier-free guidance), drawn last so that
-    every other draw is as without dropout.
+    every other draw is as without dropout. With ``level_grid`` (levels gamma_0 = 1 > ... > gamma_N of a distilled
+    student's sampler) gamma is instead one of gamma_1..gamma_N, uniformly: the levels the student steps from.
     """
 
     def __init__(self, items: Sequence[Item], task: Task, image_size: int, channels: int, seed: int,
                  crop_scale_min: float = 1.0, flip: bool = True, source_channels: int | None = None,
-                 noise_schedule=None, max_pixels: int | None = DEFAULT_MAX_PIXELS, cond_drop_prob: float = 0.0):
+                 noise_schedule=None, max_pixels: int | None = DEFAULT_MAX_PIXELS, cond_drop_prob: float = 0.0,
+                 level_grid: np.ndarray | None = None):
         self.noise_schedule = noise_schedule
+        self.level_grid = None if level_grid is None else np.asarray(level_grid, dtype=np.float64)
         self.cond_drop_prob = cond_drop_prob
         self.max_pixels = max_pixels
         self.paths = list(items)
@@ -317,6 +320,11 @@ class TrainingData(torch.utils.data.Dataset):
             self._orders = {epoch: np.random.default_rng([self.seed, epoch, 1]).permutation(len(self.paths))}
         return int(self._orders[epoch][position])
 
+    def _draw_level(self, rng: np.random.Generator) -> torch.Tensor:
+        if self.level_grid is None:
+            return sample_gamma(self.noise_schedule, 1, rng)[0]
+        return torch.tensor(self.level_grid[rng.integers(1, len(self.level_grid))], dtype=torch.float64)
+
     def __len__(self) -> int:  # a stream: any n >= 0 is an example
         return 2**62
 
@@ -339,10 +347,10 @@ class TrainingData(torch.utils.data.Dataset):
         else:
             sample = self.task(crops[0], rng)
             example = {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
-        if self.noise_schedule is not None:
+        if self.noise_schedule is not None or self.level_grid is not None:
             # the diffusion noise is the example's too: a run does not depend on how examples are split into
             # processes and micro-batches
-            example["gamma"] = sample_gamma(self.noise_schedule, 1, rng)[0]
+            example["gamma"] = self._draw_level(rng)
             example["noise"] = torch.from_numpy(rng.standard_normal(tuple(example["y"].shape), dtype=np.float32))
         # the example's own draw, like its noise: a run drops the same examples however it is split into processes
         if self.cond_drop_prob and rng.random() < self.cond_drop_prob:

@@ -30,9 +30,16 @@ HELD_OUT = ("chelsea", "grace_hopper")
 
 def wheel_photos() -> dict[str, np.ndarray]:
     """The ten sample photos, as uint8 RGB arrays, read from the installed packages (no download)."""
-    import matplotlib.cbook
-    import skimage.data
-    from sklearn.datasets import load_sample_images
+    try:  # the demo extra: these wheels are needed only for their photos
+        import matplotlib.cbook
+        import skimage.data
+        from sklearn.datasets import load_sample_images
+    except ImportError as err:
+        package = (err.name or "").split(".")[0]
+        missing = {"skimage": "scikit-image", "sklearn": "scikit-learn"}.get(package, package or "one of them")
+        raise PaletteError(f"the demo's photos ship inside the wheels of the demo extra, and {missing} is not "
+                           "installed: pip install 'palette-diffusion[demo]' (in a clone: pip install -e '.[demo]')"
+                           ) from None
 
     photos = {name: getattr(skimage.data, name)() for name in
               ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")}

@@ -14,7 +14,11 @@ import numpy as np
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""f(x, y_t, gamma) -> predicted noise, the only thing a sampler knows of the network."""
+"""f(x, y_t, gamma) -> the network's prediction (the noise eps, or v for a "v" model), all a sampler knows of it."""
+
+PARAMETERIZATIONS = ("eps", "v")
+"""What the network predicts: eps, the paper's noise; or v = sqrt(gamma) eps - sqrt(1 - gamma) y_0 (Salimans & Ho
+2022), which stays informative where gamma is near 0 and is what a distilled student predicts (:mod:`palette.distill`)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,17 @@ class NoiseSchedule:
         taus = np.round(np.linspace(0, self.steps, steps + 1)).astype(np.int64)
         return self.gammas[taus]
 
+    def check_halving(self, steps: int) -> None:
+        """Raise ValueError unless ``steps`` halve 2 x ``steps`` within the schedule: every other of the 2N respaced
+        levels is one of the N (progressive distillation's teacher and student; the levels round t to whole steps,
+        and agree for every N on palette's schedules: the check keeps it so)."""
+        if not 1 <= 2 * steps <= self.steps:
+            raise ValueError(f"a student of {steps} step(s) needs a teacher of {2 * steps}, more than the "
+                             f"schedule's {self.steps}")
+        if not np.array_equal(self.respaced(2 * steps)[::2], self.respaced(steps)):
+            raise ValueError(f"the levels of {steps} steps are not every other level of {2 * steps} on the "
+                             f"{self.steps}-step schedule")
+
 
 def sample_gamma(schedule: NoiseSchedule, batch: int,
                  generator: torch.Generator | np.random.Generator | None = None) -> torch.Tensor:
@@ -94,6 +109,24 @@ def q_sample(y0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torc
 def predict_y0(y_t: torch.Tensor, gamma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """The inversion of q_sample: y0_hat = (y_t - sqrt(1 - gamma) eps) / sqrt(gamma)."""
     return (y_t - _expand((1 - gamma).sqrt(), y_t) * eps) / _expand(gamma.sqrt(), y_t)
+
+
+def v_target(y0: torch.Tensor, gamma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(gamma) eps - sqrt(1 - gamma) y_0, the training target of a "v" network."""
+    gamma = gamma.float() if gamma.device.type == "mps" else gamma.double()
+    return _expand(gamma.sqrt(), y0) * eps - _expand((1 - gamma).sqrt(), y0) * y0
+
+
+def predict_y0_from(output: torch.Tensor, y_t: torch.Tensor, gamma: torch.Tensor,
+                    parameterization: str = "eps") -> torch.Tensor:
+    """The y0 estimate of a network's ``output`` at y_t: from eps as :func:`predict_y0`; from v as
+    sqrt(gamma) y_t - sqrt(1 - gamma) v, which needs no division by sqrt(gamma) (y0 from eps at gamma = 1e-20 is
+    noise divided by 1e-10)."""
+    if parameterization == "eps":
+        return predict_y0(y_t, gamma, output)
+    if parameterization == "v":
+        return _expand(gamma.sqrt(), y_t) * y_t - _expand((1 - gamma).sqrt(), y_t) * output
+    raise ValueError(f"unknown parameterization {parameterization!r}: choose one of {', '.join(PARAMETERIZATIONS)}")
 
 
 def q_posterior(y0: torch.Tensor, y_t: torch.Tensor, gamma_t: torch.Tensor, gamma_prev: torch.Tensor):
@@ -141,7 +174,7 @@ def guided(denoiser: Denoiser, weight: float) -> Denoiser:
         eps = (1 + w) f(x, y_t, gamma) - w f(0, y_t, gamma),
 
     the zero source being the "no source" input the model saw when training dropped x. Both estimates come from one
-    call on a batch of 2B. With w = 0 this returns ``denoiser`` itself: the sampler is exactly the unguided one.
+    call on a batch of 2B. The same combination guides a v model: y0 and eps are affine in v at a given y_t. With w = 0 this returns ``denoiser`` itself: the sampler is exactly the unguided one.
     """
     if weight == 0:
         return denoiser
@@ -168,6 +201,7 @@ def ancestral_sample(
     generator: torch.Generator | list[torch.Generator] | None = None,
     clip_denoised: bool = True,
     callback: StepCallback | None = None,
+    parameterization: str = "eps",
 ) -> torch.Tensor:
     """The paper's sampler: y_T ~ N(0, I), then for t = T..1
 
@@ -180,6 +214,7 @@ def ancestral_sample(
     ``gammas`` are the levels gamma_0 = 1 > gamma_1 > ... > gamma_N (e.g. :meth:`NoiseSchedule.respaced`);
     ``noise`` is y_T. Where ``mask`` is 0 the sample keeps ``known`` exactly: the network sees the clean known
     pixels in y_t (as in training) and the result is composited. ``callback(i, n, y_t, y0_hat)`` sees each step.
+    ``parameterization`` says what ``denoiser`` predicts (:data:`PARAMETERIZATIONS`).
     """
 
     def step(y, y0_hat, gamma_t, gamma_prev, last):
@@ -188,7 +223,7 @@ def ancestral_sample(
             return mean
         return mean + (1 - float(gamma_t / gamma_prev)) ** 0.5 * _randn_like(y, generator)
 
-    return _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step)
+    return _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step, parameterization)
 
 
 def ddim_sample(
@@ -202,6 +237,7 @@ def ddim_sample(
     eta: float = 0.0,
     clip_denoised: bool = True,
     callback: StepCallback | None = None,
+    parameterization: str = "eps",
 ) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on the same levels as :func:`ancestral_sample`:
 
@@ -212,7 +248,7 @@ def ddim_sample(
     which is less than the paper's ancestral variance beta_t = 1 - alpha_t. With ``clip_denoised`` y0_hat is clipped
     to [-1, 1] and eps_hat recomputed from it, so the update stays on the line through y_t and the clipped y0_hat.
     Every step lands on the level it names, whatever the number of steps, and the last one on gamma_0 = 1: the
-    result is y0_hat of the last evaluation.
+    result is y0_hat of the last evaluation. ``parameterization`` says what ``denoiser`` predicts.
     """
 
     def step(y, y0_hat, gamma_t, gamma_prev, last):
@@ -222,10 +258,11 @@ def ddim_sample(
         y = float(gamma_prev.sqrt()) * y0_hat + direction * eps_hat
         return y + sigma * _randn_like(y, generator) if sigma > 0 and not last else y
 
-    return _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step)
+    return _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step, parameterization)
 
 
-def _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step) -> torch.Tensor:
+def _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, callback, step,
+                     parameterization="eps") -> torch.Tensor:
     """The loop both samplers share: evaluate the network at gamma_i, estimate y0, let ``step`` move y from gamma_i
     to gamma_{i-1}, and hold the known pixels (where ``mask`` is 0) after every step."""
     g = torch.from_numpy(np.asarray(gammas, dtype=np.float64))
@@ -233,8 +270,8 @@ def _reverse_process(denoiser, x, gammas, noise, known, mask, clip_denoised, cal
     keep = None if mask is None else (1 - mask)
     y = noise if keep is None else noise * mask + known * keep
     for i in range(n, 0, -1):
-        eps = denoiser(x, y, noise_level(g[i], y)).float()
-        y0_hat = predict_y0(y.float(), _levels(g[i], y), eps)
+        output = denoiser(x, y, noise_level(g[i], y)).float()
+        y0_hat = predict_y0_from(output, y.float(), _levels(g[i], y), parameterization)
         if clip_denoised:
             y0_hat = y0_hat.clamp(-1, 1)
         y = step(y.float(), y0_hat, g[i], g[i - 1], i == 1)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .config import Config
-from .diffusion import NoiseSchedule, ancestral_sample, ddim_sample, guided, per_image_loss, q_sample, sample_gamma
+from .diffusion import (NoiseSchedule, ancestral_sample, ddim_sample, guided, per_image_loss, q_sample, sample_gamma,
+                        v_target)
 from .samplers import SCHEDULES, check_sampler, make_scheduler, resolve_eta, scheduler_sample
 from .tiling import TiledDenoiser
 from .unet import UNet
@@ -36,6 +37,21 @@ def check_guidance(config: Config, guidance: float, name: str = "guidance") -> N
                          "guidance needs a model trained with it")
 
 
+def check_student(config: Config, steps: int, sampler: str, eta: float, schedule: str, flag: str = "") -> None:
+    """Raise ValueError (arguments named with the prefix ``flag``) unless a distilled student
+    (``distill.steps`` > 0) is asked for what it was trained for: DDIM with eta 0, in its own steps and schedule.
+    Other models pass."""
+    n = config.distill.steps
+    if not n:
+        return
+    if (steps, sampler, eta, schedule) != (n, "ddim", 0, config.diffusion.sample_schedule):
+        raise ValueError(
+            f"this checkpoint is a student distilled to sample in {n} DDIM step(s) on the "
+            f"{config.diffusion.sample_schedule} schedule: sample it with {flag}steps {n} and the ddim sampler "
+            f"(eta 0; got {flag}steps {steps}, {flag}sampler {sampler}, eta {eta:g}, {flag}schedule {schedule}); "
+            "the distillation folder holds the students for other step counts")
+
+
 class PaletteModel(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
@@ -47,6 +63,10 @@ class PaletteModel(nn.Module):
     @property
     def regression(self) -> bool:
         return self.config.diffusion.objective == "regression"
+
+    @property
+    def parameterization(self) -> str:
+        return self.config.diffusion.parameterization
 
     def training_loss(
         self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
@@ -76,8 +96,10 @@ class PaletteModel(nn.Module):
         eps = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device) if noise is None else noise
         y_t = q_sample(y, gamma, eps)
         y_t = y_t * mask + y * (1 - mask)
-        eps_hat = self.net(x, y_t, gamma)
-        return per_image_loss(eps_hat.float(), eps.float(), mask, p=1 if self.config.diffusion.loss == "l1" else 2)
+        prediction = self.net(x, y_t, gamma)
+        target = eps if self.config.diffusion.parameterization == "eps" else v_target(y, gamma, eps)
+        return per_image_loss(prediction.float(), target.float(), mask,
+                              p=1 if self.config.diffusion.loss == "l1" else 2)
 
     def forward(self, x, y, mask, gamma=None, noise=None) -> torch.Tensor:
         """Each image's training loss (B,): what DistributedDataParallel wraps, so that gradients are synchronised."""
@@ -134,6 +156,7 @@ class PaletteModel(nn.Module):
         if mask is not None and known is None:
             raise ValueError("a mask needs the known image")
         check_guidance(self.config, guidance)
+        check_student(self.config, steps, sampler, eta, schedule)
         shape = (x.shape[0], self.config.model.channels, *x.shape[2:])
         if self.regression:
             y = self.net(x, torch.zeros(shape, device=x.device), torch.ones(shape[0], device=x.device)).float()
@@ -146,12 +169,13 @@ class PaletteModel(nn.Module):
         if tile_overlap is not None:
             denoiser = TiledDenoiser(denoiser, self.config.model.image_size, tile_overlap, max(16, x.shape[0]), mask)
         common = dict(known=known, mask=mask, generator=generators, callback=callback)
+        own = dict(clip_denoised=d.clip_denoised, parameterization=d.parameterization)
         if sampler == "ancestral":
-            return ancestral_sample(denoiser, x, levels.respaced(steps), noise, clip_denoised=d.clip_denoised, **common)
+            return ancestral_sample(denoiser, x, levels.respaced(steps), noise, **own, **common)
         if sampler == "ddim":
-            return ddim_sample(denoiser, x, levels.respaced(steps), noise, eta=eta, clip_denoised=d.clip_denoised,
-                               **common)
-        return scheduler_sample(denoiser, x, make_scheduler(sampler, levels, d.clip_denoised), steps, noise, **common)
+            return ddim_sample(denoiser, x, levels.respaced(steps), noise, eta=eta, **own, **common)
+        scheduler = make_scheduler(sampler, levels, d.clip_denoised, d.parameterization)
+        return scheduler_sample(denoiser, x, scheduler, steps, noise, **common)
 
     def _one_at_a_time(self, x: torch.Tensor, y_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.net(x[i : i + 1], y_t[i : i + 1], gamma[i : i + 1]) for i in range(x.shape[0])])

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .diffusion import Denoiser, NoiseSchedule, noise_level
+from .diffusion import Denoiser, NoiseSchedule, noise_level, predict_y0_from
 
 SAMPLERS = ("ancestral", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
 SCHEDULES = ("inference", "training")
@@ -54,8 +54,9 @@ def check_sampler(name: str, eta: float = 0.0) -> None:
         raise ValueError(f"eta must be 0 or more, got {eta}")
 
 
-def make_scheduler(name: str, schedule: NoiseSchedule, clip_denoised: bool = True):
-    """A diffusers scheduler over the discrete schedule ``schedule`` (its betas passed as ``trained_betas``)."""
+def make_scheduler(name: str, schedule: NoiseSchedule, clip_denoised: bool = True, parameterization: str = "eps"):
+    """A diffusers scheduler over the discrete schedule ``schedule`` (its betas passed as ``trained_betas``), for a
+    network that predicts eps or v (``parameterization``; diffusers' v is palette's)."""
     from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     if name not in SOLVERS:
@@ -64,7 +65,8 @@ def make_scheduler(name: str, schedule: NoiseSchedule, clip_denoised: bool = Tru
     # "trailing" spacing starts at the schedule's last level and, like palette's respacing, gives N distinct
     # timesteps for every N up to T (diffusers' "linspace" repeats timesteps when N is close to T).
     common = dict(num_train_timesteps=c.steps, trained_betas=np.linspace(c.beta_start, c.beta_end, c.steps),
-                  prediction_type="epsilon", timestep_spacing="trailing")
+                  prediction_type={"eps": "epsilon", "v": "v_prediction"}[parameterization],
+                  timestep_spacing="trailing")
     # dynamic thresholding with s = 1 is a clip to [-1, 1]
     clip = dict(thresholding=True, sample_max_value=1.0) if clip_denoised else dict(thresholding=False)
     if name == "dpmpp-2m":
@@ -121,16 +123,16 @@ def scheduler_sample(
     for i, t in enumerate(timesteps):
         level = noise_level(gammas[int(t)], y)
         model_input = scheduler.scale_model_input(y, t)
-        eps = denoiser(x, model_input, level).float()
-        out = scheduler.step(eps, t, y, **extra)
+        output = denoiser(x, model_input, level).float()
+        out = scheduler.step(output, t, y, **extra)
         y = out.prev_sample.to(y.dtype)
         if keep is not None:
             y = y * mask + known * keep
         if callback is not None:
             y0 = getattr(out, "pred_original_sample", None)
             if y0 is None:  # the multistep solvers keep their y0 estimates in model_outputs
-                g = level.double().reshape(-1, 1, 1, 1)
-                y0 = ((model_input.double() - (1 - g).sqrt() * eps.double()) / g.sqrt()).float()
+                kind = "v" if scheduler.config.prediction_type == "v_prediction" else "eps"
+                y0 = predict_y0_from(output.double(), model_input.double(), level.double(), kind).float()
                 y0 = y0.clamp(-1, 1) if scheduler.config.thresholding else y0
             callback(i + 1, len(timesteps), y, y0)
     return y

@@ -27,11 +27,11 @@ from . import masks as M
 from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe, save_image
-from .model import PaletteModel, check_guidance
+from .model import PaletteModel, check_guidance, check_student
 from .samplers import SAMPLERS, SCHEDULES, check_sampler, resolve_eta
 from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
 from .tiling import tile_starts
-from .train import configure_cuda, resolve_device
+from .devices import configure_cuda, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def make_condition(
     return Condition(original, x, m, full_t, True, tile_overlap)
 
 
-def finish(condition: Condition, sample: torch.Tensor) -> torch.Tensor:
+def at_input_size(condition: Condition, sample: torch.Tensor) -> torch.Tensor:
     """A sample back at the input's size; outside the mask the input's own pixels, exactly."""
     h, w = condition.original.shape[1:]
     out = resize(sample.cpu(), (h, w)).clamp(-1, 1)
@@ -203,6 +203,11 @@ def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | N
     limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
     if not 1 <= steps <= limit:
         raise PaletteError(f"{flag}steps must be between 1 and {limit} (the {schedule} schedule's length), got {steps}")
+    try:
+        check_student(model.config, steps, sampler or d.sampler, resolve_eta(sampler or d.sampler, eta, d.eta),
+                      schedule, flag)
+    except ValueError as err:
+        raise PaletteError(str(err)) from None
     return steps, schedule
 
 
@@ -312,7 +317,7 @@ def sample_conditions(
                            tile_overlap=first.tile_overlap, guidance=guidance)
         for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
             strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
-            results[i][k] = (finish(cond, y), strip)
+            results[i][k] = (at_input_size(cond, y), strip)
     return results
 
 
@@ -388,7 +393,7 @@ def sample_files(
         bits.append(depth)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stem, cond, depth in zip(stems, conditions, bits):
-        save_image(finish_input(cond), out_dir / f"{stem}_input.png", depth)
+        save_image(input_as_seen(cond), out_dir / f"{stem}_input.png", depth)
     total = network_calls(conditions, num_samples, batch_size, steps)
     with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
         results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
@@ -406,7 +411,7 @@ def sample_files(
     return written
 
 
-def finish_input(condition: Condition) -> torch.Tensor:
+def input_as_seen(condition: Condition) -> torch.Tensor:
     """The model input as a person should see it, at the input's size (holes grey)."""
     if condition.masked:
         return condition.original * (1 - condition.full_mask)

@@ -32,7 +32,9 @@ from .config import Config, use_channels_last
 from .data import (
     StepSampler, TrainingData, list_images, list_pairs, probe_items, scan_images, summarize_scan, training_loader,
 )
+from .devices import configure_cuda, resolve_device
 from .diffusion import NoiseSchedule
+from .distill import build_student, student_levels
 from .distributed import (check_joined, check_launched_device, check_launcher, from_main, gather_interleaved, on_cpu,
                           process_group_kwargs)
 from .errors import PaletteError
@@ -44,26 +46,6 @@ from .tasks import PAIRED, make_task
 
 log = logging.getLogger(__name__)
 _clock = time.monotonic  # the time limit's clock (tests replace it)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for an absent GPU is an error, not a silent CPU run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PaletteError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PaletteError(f"--device {name}: MPS is not available here; use --device cpu (or auto)")
-    return device
-
-
-def configure_cuda(cudnn_benchmark: bool = True, tf32: bool = True) -> None:
-    """PyTorch's process-wide CUDA switches for a run with fixed shapes: cuDNN's algorithm search
-    (``torch.backends.cudnn.benchmark``) and TF32 for float32 matmuls and convolutions. Called only for CUDA devices."""
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -298,9 +280,11 @@ class Trainer:
             config.data.crop_scale_min, config.data.flip, config.model.condition_channels,
             noise_schedule=None if regression else NoiseSchedule(config.diffusion.train_schedule),
             max_pixels=config.data.max_pixels, cond_drop_prob=cfg.cond_drop_prob,
+            level_grid=student_levels(config) if config.distill.steps else None,
         )
         torch.manual_seed(cfg.seed)
-        self.model = PaletteModel(config)  # the same initial weights on every process
+        # the same initial weights on every process; a distillation student starts as its teacher
+        self.model = build_student(config) if config.distill.steps else PaletteModel(config)
         self.model.net.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.net.low_precision_norm = cfg.low_precision_norm
         # FSDP2 shards contiguous parameters only, and inputs follow the weights' layout
@@ -309,6 +293,7 @@ class Trainer:
         self.model.to(self.device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model.net).requires_grad_(False)
         self.step = 0
+        self.stopped = False  # by a time limit or a stop signal, before train.steps
         self.task_losses: dict[str, list[float]] = {}  # per-example losses of each task since the last log
         optimizer_state = self._restore(existing) if resume else None
         self.sharded_ema = None
@@ -317,7 +302,7 @@ class Trainer:
             self.sharded_ema = ShardedEMA(self.model.net, self.ema.state_dict())
             self.ema = None  # each process keeps its shards of the EMA only
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+            self.model.net.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
         )
         if optimizer_state is not None:
             if self.fsdp:
@@ -453,9 +438,9 @@ class Trainer:
             )
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         if self.fsdp:  # the norm over all shards
-            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), max_norm))
         else:
-            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.net.parameters(), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -491,7 +476,7 @@ class Trainer:
                 self.config.task.name, self.world, self.device, cfg.mixed_precision,
                 "FSDP" if self.fsdp else "DDP" if self.world > 1 else "one process", len(self.paths), cfg.batch_size,
                 self.world, self.accumulation, self.micro_batch, remaining, self.step,
-                sum(p.numel() for p in self.model.parameters()) / 1e6,
+                sum(p.numel() for p in self.model.net.parameters()) / 1e6,
             )
         sampler = StepSampler(self.step, remaining, cfg.batch_size, self.rank, self.world)
         with loader_batches(training_loader(self.dataset, sampler, self.micro_batch,
@@ -528,6 +513,7 @@ class Trainer:
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     self.write_sheets(writer)
                 if (deadline is not None or stop.installed) and self._should_stop(deadline, stop.signal):
+                    self.stopped = True
                     if self.step % cfg.checkpoint_every:  # not written just above
                         last = self.save()
                     if self.main:

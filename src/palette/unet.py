@@ -67,7 +67,7 @@ class GroupNorm(nn.GroupNorm):
 
     autocast runs ``group_norm`` in float32: every bf16 activation is cast up before the norm and its float32 result
     cast down again by the next convolution, two extra passes over memory per norm (on an H100, copies took 16% of
-    the GPU time of an NCHW bf16 training step of ``base``; README, "How fast"). With ``low_precision`` set, under
+    the GPU time of an NCHW bf16 training step of ``base``; docs/performance.md). With ``low_precision`` set, under
     autocast the norm reads and writes the autocast dtype instead; PyTorch's kernels accumulate the statistics in
     float32 either way, so only the output is rounded. Off by default (autocast's choice); outside autocast it
     changes nothing.

@@ -69,8 +69,17 @@ def describe(model: Palette | None, missing: str = NO_MODEL) -> str:
     if model is None:
         return missing
     c = model.config
+    student = (f" A student distilled to {c.distill.steps} DDIM step(s): it samples with the ddim sampler in exactly "
+               "that many steps." if c.distill.steps else "")
     return (f"Loaded a {c.task.name} model ({', '.join(model.tasks)}), {c.model.image_size}x{c.model.image_size}, "
-            f"preset {c.preset}.")
+            f"preset {c.preset}.{student}")
+
+
+def sampling_defaults(model: Palette | None) -> tuple[int, str]:
+    """The page's steps and sampler for ``model``: 20 DPM-Solver++(2M) steps, or a distilled student's own."""
+    if model is not None and model.config.distill.steps:
+        return model.config.distill.steps, "ddim"
+    return 20, "dpmpp-2m"
 
 
 class Models:
@@ -238,7 +247,8 @@ def drawn_mask(editor: dict | None, photo: Image.Image) -> np.ndarray:
     drawn = [np.asarray(layer)[..., 3] > 0 for layer in layers if layer is not None]
     mask = np.any(drawn, axis=0) if drawn else None
     if mask is None or not mask.any():
-        raise PaletteError("Draw the region to fill with the brush, or pick a generated mask.")
+        raise PaletteError("The drawn mask is empty: once the photo shows in the editor, draw the region to fill "
+                           "with the brush, or pick a generated mask.")
     if mask.shape != (photo.height, photo.width):
         mask = np.asarray(Image.fromarray(mask).resize(photo.size, Image.NEAREST))
     return mask
@@ -301,7 +311,9 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
     def load(choice: str | None):
         model = models.load(choice or "")
         tasks = model.tasks
-        return describe(model), gr.update(choices=list(tasks), value=tasks[0]), choice
+        default_steps, default_sampler = sampling_defaults(model)
+        return (describe(model), gr.update(choices=list(tasks), value=tasks[0]), choice, gr.update(value=default_steps),
+                gr.update(value=default_sampler))
 
     @shown
     def upload(path):
@@ -354,8 +366,10 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
                                        label="inpainting mask")
                 side = gr.Radio(["left", "right", "top", "bottom", "all"], value="right", label="uncropping side")
                 num_samples = gr.Slider(1, 8, value=2, step=1, label="samples", elem_id="samples")
-                steps = gr.Slider(1, 1000, value=20, step=1, label="steps (network evaluations)", elem_id="steps")
-                sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp-2m", label="sampler")
+                default_steps, default_sampler = sampling_defaults(fixed)
+                steps = gr.Slider(1, 1000, value=default_steps, step=1, label="steps (network evaluations)",
+                                  elem_id="steps")
+                sampler = gr.Dropdown(list(SAMPLERS), value=default_sampler, label="sampler")
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
                 guidance = gr.Slider(0, MAX_GUIDANCE, value=0, step=0.5, elem_id="guidance",
                                      label="guidance (0: off; models trained with condition dropout only)")
@@ -368,7 +382,7 @@ def build_app(checkpoint: str | None = None, device: str = "auto", max_upload_mb
                     stop_button = gr.Button("Stop", elem_id="stop")
         gallery = gr.Gallery(label="samples", elem_id="gallery", columns=4, format="png")
         if models.root is not None:
-            load_button.click(load, path_box, [status, task, chosen])
+            load_button.click(load, path_box, [status, task, chosen, steps, sampler])
             app.load(lambda: gr.update(choices=models.choices()), None, path_box)  # what is there now
         upload_box.upload(upload, upload_box, editor)
         running = run_button.click(run, [chosen, upload_box, editor, task, mask_choice, side, num_samples, steps,

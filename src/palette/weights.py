@@ -146,7 +146,10 @@ def load_state_dict(name: str, directory: str | Path | None = None) -> tuple[dic
 
 
 def download(name: str, directory: str | Path | None = None, progress: bool = True) -> Path:
-    """Fetch the standard file of ``name`` into the weights folder, check its digest, move it in place atomically."""
+    """Fetch the standard file of ``name`` into the weights folder, check its digest, move it in place atomically.
+
+    Not ``torch.hub.download_url_to_file``, which does the same with a hash prefix: it opens the URL without a
+    timeout (torch 2.14), so a server that stops answering would hang the process for ever."""
     import urllib.request
 
     from tqdm.auto import tqdm
