@@ -18,7 +18,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 PARAMETERIZATIONS = ("eps", "v")
 """What the network predicts: eps, the paper's noise; or v = sqrt(gamma) eps - sqrt(1 - gamma) y_0 (Salimans & Ho
-2022), which stays informative where gamma is near 0 and is what a distilled student predicts (:mod:`palette.distill`)."""
+2022), which stays informative where gamma is near 0 and is what a distilled student predicts
+(:mod:`palette.distill`)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ def guided(denoiser: Denoiser, weight: float) -> Denoiser:
         eps = (1 + w) f(x, y_t, gamma) - w f(0, y_t, gamma),
 
     the zero source being the "no source" input the model saw when training dropped x. Both estimates come from one
-    call on a batch of 2B. The same combination guides a v model: y0 and eps are affine in v at a given y_t. With w = 0 this returns ``denoiser`` itself: the sampler is exactly the unguided one.
+    call on a batch of 2B. The same combination guides a v model: y0 and eps are affine in v at a given y_t. With
+    w = 0 this returns ``denoiser`` itself: the sampler is exactly the unguided one.
     """
     if weight == 0:
         return denoiser

@@ -5,9 +5,9 @@ between the same noise levels. Each round halves the steps: a teacher sampled in
 N, which teaches the next round. Notation as in :mod:`palette.diffusion`, with alpha = sqrt(gamma) and
 sigma = sqrt(1 - gamma). For a student level gamma_t (its i-th of N) the teacher's levels are gamma_t > gamma_t' >
 gamma_t'' (its 2i-th, 2i-1-th and 2i-2-th of 2N; gamma_t'' is the student's next level), and from
-y_t = alpha_t y_0 + sigma_t eps:
+y_t = alpha_t y_0 + sigma_t eps, with DDIM(y, x, a -> b) = alpha_b x + sigma_b / sigma_a (y - alpha_a x):
 
-    y_t'  = DDIM(y_t,  x_teacher(y_t),  gamma_t  -> gamma_t'),   DDIM(y, x, a -> b) = alpha_b x + sigma_b / sigma_a (y - alpha_a x)
+    y_t'  = DDIM(y_t,  x_teacher(y_t),  gamma_t  -> gamma_t')
     y_t'' = DDIM(y_t', x_teacher(y_t'), gamma_t' -> gamma_t'')
     x~    = (y_t'' - sigma_t'' / sigma_t y_t) / (alpha_t'' - sigma_t'' / sigma_t alpha_t),
 
