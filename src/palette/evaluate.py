@@ -37,6 +37,7 @@ from PIL import Image
 from . import metrics as MT
 from . import protocols as P
 from .data import load_image
+from .distributed import gather_interleaved
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS, probe
 from .sampling import Condition, check_sampling_args, check_seed, check_task, sample_conditions
@@ -377,10 +378,11 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
     own_reference = fid_like and stats_ref is None and options.reference is None and eval_set.reference is None
 
     batch = max(1, options.batch_size)
-    per_batch: dict[int, dict[str, list]] = {}
-    for start in tqdm(range(0, len(items), batch)[rank::world], desc="eval: metrics", unit="batch",
-                      disable=not progress):
-        acc = per_batch[start] = defaultdict(list)
+    starts = range(0, len(items), batch)
+    per_batch: list[dict[str, list]] = []  # this process's batches: starts[rank], starts[rank + world], ...
+    for start in tqdm(starts[rank::world], desc="eval: metrics", unit="batch", disable=not progress):
+        acc = defaultdict(list)
+        per_batch.append(acc)
         chunk = items[start : start + batch]
         originals = torch.stack([prepare(i.path, size, channels, options.max_pixels) for i in chunk])
         samples = torch.stack([torch.stack([read_sample(sample_paths(out_dir, i, k), size, channels)
@@ -411,17 +413,13 @@ def compute_metrics(eval_set: P.EvalSet, options: EvalOptions, out_dir: Path, si
         if "ssim" in wanted:
             acc["ssim"].append(timer.run("ssim", len(flat), MT.ssim, flat, truth))
 
-    if world > 1:  # every process's batches to the main one
-        import torch.distributed as dist
-
-        shares = [None] * world if rank == 0 else None
-        dist.gather_object({k: dict(v) for k, v in per_batch.items()}, shares, dst=0)
+    if world > 1:  # every process's batches to the main one, in the order of a single pass
+        per_batch = gather_interleaved([dict(a) for a in per_batch], len(starts), main_only=True)
         if rank != 0:
             return None
-        per_batch = {start: acc for share in shares for start, acc in share.items()}
     acc = defaultdict(list)
-    for start in sorted(per_batch):  # the order of a single pass: IS's splits and KID's subsets depend on it
-        for key, values in per_batch[start].items():
+    for batch_figures in per_batch:  # the order of a single pass: IS's splits and KID's subsets depend on it
+        for key, values in batch_figures.items():
             acc[key] += values
 
     figures: dict[str, float] = {}
