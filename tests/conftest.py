@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 import time
@@ -122,41 +124,90 @@ def release(holder: subprocess.Popen) -> None:
     holder.stdout.close()
 
 
-def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen | None = None,
-               timeout: float = 300) -> None:
-    """Poll ``condition`` until it holds. Fails naming ``what`` once ``process`` has exited without it, or after
-    ``timeout`` seconds: generous, for a loaded 2-core machine; a passing test never waits for the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None and not condition():
-            raise AssertionError(f"the process exited (code {process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still no {what} after {timeout:.0f} s")
-        time.sleep(0.02)
+class Events:
+    """Lines that test subprocesses write to a named pipe as things happen ("step 0 3": rank 0 finished step 3),
+    read by the test as they arrive: a test waits on an event, woken by the event itself, never by polling or a
+    fixed sleep. Writers open the pipe in append mode and write whole lines (atomic under PIPE_BUF)."""
+
+    def __init__(self, path: Path):
+        os.mkfifo(path)
+        self.path = path
+        # opened for reading and writing: the pipe never reads as closed between two writers' lines
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self.lines: list[str] = []
+        self._partial = b""
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def wait_for(self, condition: Callable[[list[str]], bool], what: str, process: subprocess.Popen,
+                 timeout: float = 300) -> None:
+        """Read lines until ``condition(lines)`` holds. Fails naming ``what`` once ``process`` has exited without
+        it (its pidfd wakes the wait), or after ``timeout`` seconds: generous, for a loaded 2-core machine; a
+        passing test never waits for the deadline."""
+        deadline = time.monotonic() + timeout
+        exited = os.pidfd_open(process.pid)
+        try:
+            while not condition(self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"still no {what} after {timeout:.0f} s")
+                ready, _, _ = select.select([self.fd, exited], [], [], left)
+                self.read()
+                if exited in ready and self.fd not in ready and not condition(self.lines):
+                    raise AssertionError(f"the process exited (code {process.wait()}) before {what}")
+        finally:
+            os.close(exited)
+
+    def read(self) -> list[str]:
+        """Take in the whole lines written so far; returns them all."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            *whole, self._partial = (self._partial + chunk).split(b"\n")
+            self.lines += [line.decode() for line in whole]
+        return self.lines
 
 
-# A script that runs `palette` with its arguments and appends "<rank> <step>" to the file named by the environment
-# variable PALETTE_TEST_STEPS after every training step: tests wait for steps rather than sleep.
+@pytest.fixture
+def events(tmp_path):
+    channel = Events(tmp_path / "events")
+    yield channel
+    channel.close()
+
+
+# A script that runs `palette` with its arguments and writes to the events pipe named by the environment variable
+# PALETTE_TEST_EVENTS "step <rank> <step>" after every training step and "checkpoint <rank> <step>" after every
+# checkpoint (on every process: all wait for it to be complete).
 ANNOUNCING_PALETTE = """\
 import os, sys
 from palette.cli import main
 from palette.train import Trainer
 
-train_step = Trainer.train_step
+def announce(what, trainer):
+    with open(os.environ["PALETTE_TEST_EVENTS"], "a") as f:
+        f.write(f"{what} {os.environ.get('RANK', '0')} {trainer.step}\\n")
+
+train_step, save = Trainer.train_step, Trainer.save
 def announcing_step(self, micro_batches):
     stats = train_step(self, micro_batches)
-    with open(os.environ["PALETTE_TEST_STEPS"], "a") as f:
-        f.write(f"{os.environ.get('RANK', '0')} {self.step}\\n")
+    announce("step", self)
     return stats
-Trainer.train_step = announcing_step
+def announcing_save(self):
+    path = save(self)
+    announce("checkpoint", self)
+    return path
+Trainer.train_step, Trainer.save = announcing_step, announcing_save
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def steps_announced(path: Path, rank: int = 0) -> int:
-    """The last step process ``rank`` announced in ``path`` (0: none yet)."""
-    lines = path.read_text().split("\n")[:-1] if path.is_file() else []  # whole lines: a write may be under way
-    return max((int(step) for r, step in (line.split() for line in lines) if int(r) == rank), default=0)
+def announced(lines: list[str], what: str = "step", rank: int = 0) -> int:
+    """The last step of the events ``what`` (step or checkpoint) that process ``rank`` announced (0: none yet)."""
+    return max((int(step) for kind, r, step in (line.split() for line in lines) if kind == what and int(r) == rank),
+               default=0)
 
 
 def sheet_size(columns: int, rows: int, tile: int = 128) -> tuple[int, int]:

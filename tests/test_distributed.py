@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ANNOUNCING_PALETTE, MICRO, steps_announced, wait_until
+from conftest import ANNOUNCING_PALETTE, MICRO, announced
 
 from palette import checkpoint as ckpt
 from palette.cli import main
@@ -246,13 +246,14 @@ def test_gradient_accumulation_equals_one_large_batch(photo_dir, tmp_path):
 
 
 @pytest.mark.integration
-def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp_path):
+def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp_path, events):
     args = [*TRAIN, "--data", str(photo_dir)]
-    run = tmp_path / "killed"
-    proc = _torchrun(2, "train", *args, "--steps", "100000", "--out", str(run), *EXACT, wait=False)
+    run, script = tmp_path / "killed", tmp_path / "announcing_palette.py"
+    script.write_text(ANNOUNCING_PALETTE)
+    proc = _torchrun(2, "train", *args, "--steps", "100000", "--out", str(run), *EXACT, wait=False, script=script,
+                     env={"PALETTE_TEST_EVENTS": str(events.path)})
     try:
-        wait_until(lambda: ckpt.latest_checkpoint(run) not in (None, run / "checkpoints" / "step-000000001"),
-                   "second checkpoint", proc)
+        events.wait_for(lambda lines: announced(lines, "checkpoint") >= 2, "second checkpoint", proc)
     finally:
         _kill_tree(proc)
     killed_at = int(ckpt.latest_checkpoint(run).name.split("-")[1])
@@ -268,17 +269,18 @@ def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp
 
 
 @pytest.mark.integration
-def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(photo_dir, tmp_path):
+def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(photo_dir, tmp_path, events):
     import psutil
 
-    run, script, steps = tmp_path / "run", tmp_path / "announcing_palette.py", tmp_path / "steps"
+    run, script = tmp_path / "run", tmp_path / "announcing_palette.py"
     script.write_text(ANNOUNCING_PALETTE)
     proc = _torchrun(2, "train", *TRAIN, "--data", str(photo_dir), "--steps", "100000", "--out", str(run), *EXACT,
-                     "train.checkpoint_every=1000", wait=False, script=script, env={"PALETTE_TEST_STEPS": str(steps)})
+                     "train.checkpoint_every=1000", wait=False, script=script,
+                     env={"PALETTE_TEST_EVENTS": str(events.path)})
     log = run / "train.log"
     try:
         # once rank 1 has finished a step it is in the training loop, where a stop signal is caught
-        wait_until(lambda: steps_announced(steps, rank=1) >= 1, "step of rank 1", proc)
+        events.wait_for(lambda lines: announced(lines, rank=1) >= 1, "step of rank 1", proc)
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
         assert len(workers) == 1
         workers[0].send_signal(signal.SIGTERM)  # rank 1 only: the main process must learn of it and stop too
@@ -290,7 +292,8 @@ def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoi
     assert stopped, log.read_text()[-2000:]
     latest = ckpt.latest_checkpoint(run)
     assert latest is not None and ckpt.read_training_state(latest)[1]["step"] == int(stopped.group(1)) >= 1
-    assert steps_announced(steps, rank=0) == steps_announced(steps, rank=1) == int(stopped.group(1))  # the same step
+    lines = events.read()
+    assert announced(lines, rank=0) == announced(lines, rank=1) == int(stopped.group(1))  # the same step
 
 
 @pytest.mark.integration

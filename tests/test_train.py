@@ -171,43 +171,47 @@ def test_a_tiny_model_overfits_two_images_and_the_sampler_reproduces_them(tmp_pa
     assert error < 0.2 * baseline  # measured about 0.05 of the baseline when this test was written
 
 
-# Python source run in a training process before `palette train`: pause_on_call(name, n, applies) makes the n-th call
-# of palette.checkpoint's ``name`` (counting the calls that ``applies`` to) create the file named by
-# PALETTE_TEST_PAUSED and wait there to be killed, so a test kills the process at that exact point of a checkpoint.
+# Python source run in a training process before `palette train`: pause_on_call(name, n, applies, after) makes the
+# n-th call of palette.checkpoint's ``name`` (counting the calls that ``applies`` to; ``after``: once it returned)
+# write "paused" to the events pipe named by PALETTE_TEST_EVENTS and wait there to be killed, so a test kills the
+# process at that exact point of a checkpoint.
 PAUSE_ON_CALL = """
 import os, signal
 from palette import checkpoint
-def pause_on_call(name, number, applies=lambda *args: True):
+def pause_on_call(name, number, applies=lambda *args: True, after=False):
     real, calls = getattr(checkpoint, name), []
     def pausing(*args, **kwargs):
+        result = real(*args, **kwargs) if after else None
         if applies(*args):
             calls.append(args)
             if len(calls) == number:
-                open(os.environ["PALETTE_TEST_PAUSED"], "w").close()
+                with open(os.environ["PALETTE_TEST_EVENTS"], "a") as f:
+                    f.write("paused\\n")
                 signal.pause()
-        return real(*args, **kwargs)
+        return result if after else real(*args, **kwargs)
     setattr(checkpoint, name, pausing)
 """
 # Moments of the checkpoint cycle at which a run is killed: a checkpoint writes model, ema and state files into a
 # temporary folder (three calls of save_file), renames the folder, then points `latest` at it.
+NAMES_LATEST = "lambda path, data: path.name == 'latest'"
 KILL_MOMENTS = {
-    "as soon as a checkpoint is complete": "",
+    "as soon as a checkpoint is complete": f"pause_on_call('atomic_write_bytes', 1, {NAMES_LATEST}, after=True)",
     "while the second checkpoint's files are written": "pause_on_call('save_file', 5)",  # before its ema file
     "after the second checkpoint's folder is renamed, before `latest` names it":
-        "pause_on_call('atomic_write_bytes', 2, lambda path, data: path.name == 'latest')",
+        f"pause_on_call('atomic_write_bytes', 2, {NAMES_LATEST})",
 }
 
 
 @pytest.mark.integration
-def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, photo_dir):
+def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, photo_dir, events):
     import subprocess
     import sys
 
     from palette.sampling import load_model
 
-    from conftest import MICRO, wait_until
+    from conftest import MICRO
 
-    run_dir, paused = tmp_path / "run", tmp_path / "paused"
+    run_dir = tmp_path / "run"
     runner = "import sys; exec(sys.argv[1]); from palette.cli import main; sys.exit(main(sys.argv[2:]))"
     argv = ["train", "--task", "inpainting", "--data", str(photo_dir), "--out", str(run_dir), "--preset", "tiny",
             "--image-size", "16", "--steps", "100000", "--no-progress",
@@ -216,28 +220,24 @@ def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, p
         before = ckpt.latest_checkpoint(run_dir)
         done = int(before.name.split("-")[1]) if before else 0
         first, second = ckpt.step_dir_name(done + 1), ckpt.step_dir_name(done + 2)  # this process's checkpoints
-        paused.unlink(missing_ok=True)
+        events.lines.clear()
         proc = subprocess.Popen([sys.executable, "-c", runner, PAUSE_ON_CALL + pause, *argv,
                                  *(["--resume"] if before else [])],
-                                env={**os.environ, "PALETTE_TEST_PAUSED": str(paused)},
+                                env={**os.environ, "PALETTE_TEST_EVENTS": str(events.path)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            if pause:
-                wait_until(paused.exists, f"pause {moment}", proc)
-            else:
-                wait_until(lambda: ckpt.latest_checkpoint(run_dir) != before, "new checkpoint", proc)
+            events.wait_for(lambda lines: "paused" in lines, f"pause {moment}", proc)
         finally:
             proc.kill()
             proc.wait()
         latest = ckpt.latest_checkpoint(run_dir)
         assert latest is not None and latest != before, moment
-        if pause:  # killed in its second checkpoint, which is left half done: the first is the one to load
-            assert latest.name == first, moment
-            left = {p.name for p in (run_dir / "checkpoints").iterdir()}
-            if "renamed" in moment:
-                assert second in left, left  # complete, but not named by `latest`
-            else:
-                assert any(name.startswith(f".{second}.") for name in left), left  # its temporary folder
+        assert latest.name == first, moment  # killed in or right after its first checkpoint: that is the one to load
+        left = {p.name for p in (run_dir / "checkpoints").iterdir()}
+        if "renamed" in moment:
+            assert second in left, left  # complete, but not named by `latest`
+        elif "written" in moment:
+            assert any(name.startswith(f".{second}.") for name in left), left  # its temporary folder
         load_model(run_dir, "cpu")
         ckpt.read_training_state(latest)
 
@@ -261,7 +261,7 @@ def test_a_time_limit_checkpoints_and_stops_and_the_run_resumes_to_the_same_weig
 
 
 @pytest.mark.integration
-def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path, photo_dir):
+def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path, photo_dir, events):
     import re
     import signal
     import subprocess
@@ -269,9 +269,9 @@ def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path
 
     from palette.cli import main
 
-    from conftest import ANNOUNCING_PALETTE, MICRO, steps_announced, wait_until
+    from conftest import ANNOUNCING_PALETTE, MICRO, announced
 
-    run_dir, script, steps = tmp_path / "run", tmp_path / "announcing_palette.py", tmp_path / "steps"
+    run_dir, script = tmp_path / "run", tmp_path / "announcing_palette.py"
     script.write_text(ANNOUNCING_PALETTE)
     flags = ["--task", "inpainting", "--data", str(photo_dir), "--out", str(run_dir), "--preset", "tiny",
              "--image-size", "16", "--no-progress", "--auto-resume",  # a fresh folder: --auto-resume starts the run
@@ -279,10 +279,10 @@ def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path
              "train.micro_batch_size=1"]  # 4 micro-batches a step: more than one worker prefetches
     # a session of its own, signalled as a whole like a scheduler's job: the loader worker gets SIGTERM too
     proc = subprocess.Popen([sys.executable, str(script), "train", *flags, "--steps", "100000"],
-                            env={**os.environ, "PALETTE_TEST_STEPS": str(steps)}, start_new_session=True,
+                            env={**os.environ, "PALETTE_TEST_EVENTS": str(events.path)}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: steps_announced(steps) >= 2, "second training step", proc)
+        events.wait_for(lambda lines: announced(lines) >= 2, "second training step", proc)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
