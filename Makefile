@@ -1,4 +1,4 @@
-# `make demo` trains a tiny model on bundled photos and writes demo-out/sheet_<task>.png.
+# `make demo` samples the packaged demo model on held-out photos and writes demo-out/sheet_<task>.png.
 # `make test` runs the test suite. Both create the virtual environment .venv first.
 # `make test-fast` runs the unit tests only, without the ones that launch processes or a browser (integration) or
 # take over ~10 s each (slow): under 2 minutes on a 2-core CPU.

@@ -16,22 +16,15 @@ import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
 from samplers import make_cases, psnr  # benchmarks/samplers.py: the same held-out crops and PSNR
 
 from palette.data import list_images
+from palette.metrics import high_frequency_energy
 from palette.sampling import load_model
 
 RUNS = (("ddim", 50, "inference"), ("ddim", 50, "training"), ("ddim", 1000, "inference"),
         ("ancestral", 50, "inference"), ("dpmpp-2m", 50, "inference"), ("dpmpp-2m-sde", 50, "inference"),
         ("dpmpp-2m-sde", 50, "training"))
-
-
-def high_frequency_energy(images: torch.Tensor) -> float:
-    """Mean square of the images minus their 3x3 box blur: the energy of pixel-scale detail (and of speckle)."""
-    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return float((images - blurred).square().mean())
 
 
 def main() -> None:

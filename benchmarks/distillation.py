@@ -33,12 +33,11 @@ import torch
 
 from palette.checkpoint import latest_checkpoint
 from palette.data import list_images
-from palette.metrics import ms_ssim
+from palette.metrics import chroma_distance, high_frequency_energy, ms_ssim
 from palette.sampling import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddim_speckle import high_frequency_energy  # noqa: E402
-from samplers import chroma_distance, make_cases, psnr  # noqa: E402
+from samplers import make_cases, psnr  # noqa: E402
 
 TASKS = ("inpainting", "colorization", "jpeg")
 

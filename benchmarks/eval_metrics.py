@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from palette import metrics as MT
+from palette import metrics as image_metrics
 
 
 def random_weights(folder: Path) -> Path:
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     weights_dir = Path(args.weights_dir) if args.weights_dir else random_weights(Path(tempfile.mkdtemp()))
-    bb = MT.Backbones(weights_dir)
+    bb = image_metrics.Backbones(weights_dir)
     n, k = args.images, args.samples
     images = torch.rand(n, 3, args.size, args.size)
     other = (images + 0.1 * torch.randn_like(images)).clamp(0, 1)
@@ -58,10 +58,10 @@ def main() -> None:
         "Inception-v3 (FID, KID, IS), once per image": (timed(bb.inception, images), n),
         "ResNet-50 (CA)": (timed(bb.classify, images), n),
         "GoogLeNet (PD), output and original": (2 * timed(bb.googlenet_features, images), n),
-        f"LPIPS diversity, K={k} ({pairs} pairs per image)": (timed(MT.pairwise_mean, group, bb.lpips), 1),
-        f"MS-SSIM diversity, K={k}": (timed(MT.pairwise_mean, group, MT.ms_ssim), 1),
-        "PSNR": (timed(MT.psnr, images, other), n),
-        "SSIM": (timed(MT.ssim, images, other), n),
+        f"LPIPS diversity, K={k} ({pairs} pairs per image)": (timed(image_metrics.pairwise_mean, group, bb.lpips), 1),
+        f"MS-SSIM diversity, K={k}": (timed(image_metrics.pairwise_mean, group, image_metrics.ms_ssim), 1),
+        "PSNR": (timed(image_metrics.psnr, images, other), n),
+        "SSIM": (timed(image_metrics.ssim, images, other), n),
     }
     per_1000 = {name: 1000 * s / count for name, (s, count) in rows.items()}
 
@@ -70,9 +70,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     fid_rows = {}
     for count in (1000, 5000):
-        a = MT.FeatureStats.of(rng.standard_normal((count, 2048)).astype(np.float32))
-        b = MT.FeatureStats.of(rng.standard_normal((count, 2048)).astype(np.float32) + 0.1)
-        ours = timed(MT.frechet_distance, a, b)
+        a = image_metrics.FeatureStats.of(rng.standard_normal((count, 2048)).astype(np.float32))
+        b = image_metrics.FeatureStats.of(rng.standard_normal((count, 2048)).astype(np.float32) + 0.1)
+        ours = timed(image_metrics.frechet_distance, a, b)
         fid_rows[f"{count} vs {count}, ours ({'cross-Gram' if count < 2048 else 'eigh'})"] = ours
         fid_rows[f"{count} vs {count}, numpy eigvals(S1 S2) (torch-fidelity)"] = timed(
             lambda: np.sqrt(np.linalg.eigvals(a.sigma @ b.sigma).astype(complex)).real.sum())

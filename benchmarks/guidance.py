@@ -27,11 +27,9 @@ import numpy as np
 import torch
 
 from palette.data import list_images, load_image, random_square_crop
+from palette.metrics import chroma_distance
 from palette.sampling import load_model
 from palette.tasks import Colorization, jpeg_compress
-
-sys.path.insert(0, str(Path(__file__).parent))
-from samplers import chroma_distance  # noqa: E402  (the samplers benchmark's colour measure)
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 

@@ -27,6 +27,7 @@ import torch
 from palette.data import list_images, load_image, random_square_crop
 from palette.diffusion import INFERENCE_SCHEDULE, NoiseSchedule
 from palette.masks import center_mask
+from palette.metrics import chroma_distance
 from palette.samplers import SAMPLERS
 from palette.sampling import load_model
 from palette.tasks import Colorization, jpeg_compress
@@ -38,18 +39,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
     """PSNR in dB over the pixels of ``where``, for images in [-1, 1] (peak-to-peak 2)."""
     mse = ((a - b) ** 2)[where.expand_as(a).bool()].mean().item()
     return float(10 * np.log10(4 / max(mse, 1e-12)))
-
-
-def chroma_histogram(images: torch.Tensor, bins: int = 32) -> np.ndarray:
-    rgb = (images.clamp(-1, 1) + 1) / 2
-    cb = -0.168736 * rgb[:, 0] - 0.331264 * rgb[:, 1] + 0.5 * rgb[:, 2]
-    cr = 0.5 * rgb[:, 0] - 0.418688 * rgb[:, 1] - 0.081312 * rgb[:, 2]
-    hist, _, _ = np.histogram2d(cb.flatten().numpy(), cr.flatten().numpy(), bins=bins, range=[[-0.5, 0.5]] * 2)
-    return hist / hist.sum()
-
-
-def chroma_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(np.abs(chroma_histogram(a) - chroma_histogram(b)).sum())
 
 
 def make_cases(model, paths, n: int, seed: int):

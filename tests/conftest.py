@@ -90,7 +90,7 @@ def write_random_weights(folder: Path) -> Path:
     """Every metric backbone with random kaiming weights, saved under the standard file names in ``folder``."""
     import torchvision
 
-    from palette import weights as W
+    from palette import weights as metric_weights
 
     nets = {
         "inception-v3-compat": random_inception_v3_compat(),
@@ -99,7 +99,7 @@ def write_random_weights(folder: Path) -> Path:
         "alexnet": _kaiming(torchvision.models.alexnet(weights=None), 3),
     }
     for name, net in nets.items():
-        torch.save(net.state_dict(), folder / W.WEIGHTS[name].filename)
+        torch.save(net.state_dict(), folder / metric_weights.WEIGHTS[name].filename)
     return folder
 
 

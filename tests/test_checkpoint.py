@@ -183,3 +183,20 @@ def test_the_holder_may_take_its_lock_again_and_lets_go_with_the_last_release(tm
     assert subprocess.run(probe, capture_output=True).returncode != 0  # still held
     second.release()
     assert subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def test_shards_that_do_not_cover_a_tensor_are_refused_not_filled_with_garbage(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from palette.sharding import whole_from_shards
+
+    # the second half (rows 2-3) of a 4x3 tensor, as process 2 of 2 writes it; the first half's file is gone
+    shards = tmp_path / "step-000000002" / ckpt.SHARDS
+    shards.mkdir(parents=True)
+    save_file({"model.w": torch.ones(2, 3)}, str(shards / "shard-00002-model-00001-of-00001.safetensors"),
+              metadata={"DCP_SHARDING_INFO": json.dumps({"model.w": {"saved_offsets": [2, 0]}}), "DCP_VERSION": "1.0",
+                        "format": "pt"})
+    with pytest.raises(PaletteError, match=r"its shards hold 6 of the 12 values of model\.w"):
+        whole_from_shards(shards, "model")

@@ -187,6 +187,35 @@ def test_demo_writes_one_sheet_per_task(capsys, tmp_path):
     assert len(list((tmp_path / "photos" / "held_out").glob("*.png"))) == 2
 
 
+def test_demo_samples_the_packaged_model_without_training(capsys, tmp_path, caplog):
+    code, out, err = run(capsys, "demo", "--out", tmp_path, "--sample-steps", 2, "--num-samples", 1, "--no-progress")
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / f"sheet_{t}.png") for t in ("colorization", "inpainting", "uncropping",
+                                                                       "jpeg")]
+    for task in ("colorization", "inpainting", "uncropping", "jpeg"):  # input | 1 sample | truth, 4 crops
+        assert Image.open(tmp_path / f"sheet_{task}.png").size == sheet_size(columns=3, rows=4)
+    assert not (tmp_path / "run").exists() and "the packaged model palette:demo" in caplog.text
+
+
+def test_demo_without_train_refuses_what_only_training_can_do(capsys, tmp_path):
+    code, _, err = run(capsys, "demo", "--out", tmp_path, "model.base_channels=16", "--no-progress")
+    assert code == 2 and "model.base_channels=16" in err and "--train" in err
+    code, _, err = run(capsys, "demo", "--out", tmp_path, "--tasks", "sr-x4", "--no-progress")
+    assert code == 2 and "--tasks sr-x4" in err and "--train" in err
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
+@pytest.mark.parametrize("argv,expected", [([], "palette:demo"), (["--checkpoint", "my-run"], "my-run"),
+                                           (["--allow-load", "runs"], None)])
+def test_serve_defaults_to_the_packaged_model_only_without_a_model_or_a_folder(capsys, monkeypatch, argv, expected):
+    import palette.webapp
+
+    served = {}
+    monkeypatch.setattr(palette.webapp, "serve", lambda checkpoint, **kw: served.update(checkpoint=checkpoint))
+    assert run(capsys, "serve", *argv)[0] == 0
+    assert served == {"checkpoint": expected}
+
+
 @pytest.mark.parametrize("modules,package", [(("skimage", "skimage.data"), "scikit-image"),
                                              (("sklearn", "sklearn.datasets"), "scikit-learn")])
 def test_demo_without_its_extra_says_what_to_install(capsys, tmp_path, monkeypatch, modules, package):

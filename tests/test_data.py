@@ -37,6 +37,14 @@ def test_missing_or_empty_data_is_a_clear_error(tmp_path, kind):
         list_images(target)
 
 
+@pytest.mark.parametrize("path", ["", None])
+def test_no_data_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "stray.png")  # what the current folder would have given
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PaletteError, match="no data given: pass --data"):
+        list_images(path)
+
+
 def test_sixteen_bit_gray_png_keeps_its_precision(tmp_path):
     values = np.arange(0, 65536, 257 * 3 + 1, dtype=np.uint16)[:64].reshape(8, 8)
     Image.fromarray(values).save(tmp_path / "g16.png")

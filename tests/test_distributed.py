@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from conftest import ANNOUNCING_PALETTE, MICRO, announced
 
 from palette import checkpoint as ckpt
 from palette.cli import main
+from palette.errors import PaletteError
 from palette.sampling import load_model
+from palette.sharding import whole_from_shards
 from palette.train import batch_layout
 
 TRAIN = ["--task", "inpainting", "--preset", "tiny", "--device", "cpu", "--batch-size", "4", "--no-progress"]
@@ -61,7 +64,11 @@ def _kill_tree(proc) -> None:
 
 
 def _weights(run):
-    return ckpt.read_weights(ckpt.latest_checkpoint(run) / "model.safetensors")[0]
+    """The trained weights of a run's latest checkpoint, whole (assembled from the shards of a sharded one)."""
+    latest = ckpt.latest_checkpoint(run)
+    if ckpt.is_sharded(latest):
+        return whole_from_shards(latest / ckpt.SHARDS, "model")
+    return ckpt.read_weights(latest / "model.safetensors")[0]
 
 
 def _assert_same_weights(a, b, tol=1e-5):
@@ -95,8 +102,6 @@ def test_two_processes_train_the_same_parameters_as_one(photo_dir, tmp_path, lau
 def test_each_process_checks_a_slice_of_the_files_and_all_stop_on_a_data_error(photo_dir, tmp_path):
     """The header scan is shared out; its outcomes are pooled, so every process raises the same error (none is left
     waiting in a collective) and it names the unreadable files both processes found."""
-    import shutil
-
     data = tmp_path / "data"
     shutil.copytree(photo_dir, data)
     for name in ("broken1.png", "broken2.png"):  # sorted between the photos: one in each process's slice
@@ -215,18 +220,121 @@ def test_fsdp_on_two_processes_trains_the_same_parameters_as_one(photo_dir, tmp_
     assert ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / "fsdp"))[1]["sharding"] == "fsdp"
     _assert_same_weights(tmp_path / "fsdp", tmp_path / "one")
     _assert_same_ema(tmp_path / "fsdp", tmp_path / "one", 1e-5)
-    # the checkpoint holds full tensors, with the optimizer's moments: the same files one process writes
-    (fsdp_opt, _), (one_opt, _) = (ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / r)) for r in
-                                   ("fsdp", "one"))
-    for i, entries in one_opt["state"].items():
-        assert fsdp_opt["state"][i]["exp_avg"].shape == entries["exp_avg"].shape
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(photo_dir, tmp_path_factory):
+    """A run trained for 2 steps by 2 FSDP processes, with sharded checkpoints at steps 1 and 2 (tests that change
+    it work on a copy)."""
+    run = tmp_path_factory.mktemp("fsdp") / "run"
+    _torchrun(2, "train", *TRAIN, "--data", str(photo_dir), "--sharding", "fsdp", "--steps", "2", "--out", str(run),
+              *EXACT)
+    return run
 
 
 @pytest.mark.integration
-def test_an_fsdp_run_resumes_on_one_process_and_back_and_matches(photo_dir, tmp_path):
+def test_an_fsdp_checkpoint_is_written_in_shards_and_resumes_on_two_or_one_process(fsdp_run, photo_dir, tmp_path,
+                                                                                    monkeypatch):
+    import pickle
+
+    args = [*TRAIN, "--data", str(photo_dir), "--sharding", "fsdp"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    shutil.copytree(fsdp_run, two)
+    latest = ckpt.latest_checkpoint(two)
+    # each process wrote its own file, holding its half of every sharded tensor (rows split over the processes)
+    files = sorted((latest / ckpt.SHARDS).iterdir())
+    assert [f.name for f in files] == [f"shard-0000{r}-model-00001-of-00001.safetensors" for r in (1, 2)]
+    assert not (latest / "model.safetensors").exists()
+    whole = ckpt.read_weights(latest / "ema.safetensors")[0]  # what a sampler loads stays one whole file
+    name = max(whole, key=lambda k: whole[k].shape[0] if whole[k].dim() else 0)
+    rows, total = [ckpt.read_weights(f)[0][f"ema.{name}"].shape[0] for f in files], whole[name].shape[0]
+    assert total > 1 and rows == [-(-total // 2), total - -(-total // 2)]  # FSDP2's split of dimension 0
+
+    shutil.copytree(two, one)
+    _torchrun(2, "train", *args, "--steps", "3", "--out", str(two), "--resume", *EXACT)
+
+    def forbidden(*a, **k):
+        raise AssertionError("unpickling while reading a sharded checkpoint")
+
+    with monkeypatch.context() as m:  # one process reads all the shards (DCP reshards), from JSON headers only
+        for module, loader in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+            m.setattr(module, loader, forbidden)
+        assert main(["train", *args, "--steps", "3", "--out", str(one), "--resume", *EXACT]) == 0
+    assert "written by 2 process(es), now 1" in (one / "train.log").read_text()
+    assert main(["train", *TRAIN, "--data", str(photo_dir), "--steps", "3", "--out", str(tmp_path / "whole"),
+                 *EXACT]) == 0
+    for resumed in (two, one):
+        _assert_same_weights(resumed, tmp_path / "whole")
+        _assert_same_ema(resumed, tmp_path / "whole", 1e-5)
+
+    # palette export: one safetensors file of the trained weights, assembled from the shards, that samplers load
+    exported = tmp_path / "trained.safetensors"
+    assert main(["export", str(two), "--no-ema", "--out", str(exported)]) == 0
+    loaded, trained = load_model(exported, "cpu").net.state_dict(), _weights(tmp_path / "whole")
+    assert loaded.keys() == trained.keys()
+    assert max((loaded[k] - trained[k]).abs().max().item() for k in trained) < 1e-5
+
+
+def _resume(run, photo_dir) -> int:
+    """Resume ``run`` for one more step on this one process."""
+    return main(["train", *TRAIN, "--data", str(photo_dir), "--sharding", "fsdp", "--steps", "3", "--out", str(run),
+                 "--resume", *EXACT])
+
+
+@pytest.mark.integration
+def test_a_sharded_checkpoint_that_lost_a_process_file_is_refused_not_half_restored(fsdp_run, photo_dir, tmp_path,
+                                                                                     capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fsdp_run, run)
+    latest = ckpt.latest_checkpoint(run)
+    next((latest / ckpt.SHARDS).glob("shard-00001-*")).unlink()  # the first process's half of every tensor
+    refused = f"checkpoint {latest} is incomplete: shards/shard-00001-* missing (it was written by 2 processes"
+
+    assert _resume(run, photo_dir) == 2
+    assert refused in capsys.readouterr().err
+    for source in (run, latest):
+        assert main(["export", str(source), "--no-ema", "--out", str(tmp_path / "trained.safetensors")]) == 2
+        assert refused in capsys.readouterr().err
+    assert not (tmp_path / "trained.safetensors").exists()
+    # a folder that ``latest`` does not name is passed over for the newest complete one, as a half-written one is
+    (run / "checkpoints" / "latest").unlink()
+    assert ckpt.latest_checkpoint(run) == run / "checkpoints" / "step-000000001"
+
+
+@pytest.mark.integration
+def test_a_sharded_checkpoint_holding_nan_is_refused_on_resume_naming_the_tensor(fsdp_run, photo_dir, tmp_path,
+                                                                                  capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(fsdp_run, run)
+    shard = next((ckpt.latest_checkpoint(run) / ckpt.SHARDS).glob("shard-00002-*"))
+    with safe_open(str(shard), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    name = next(k for k in tensors if k.startswith("model.") and tensors[k].numel())
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(shard), metadata=metadata)
+
+    assert _resume(run, photo_dir) == 2
+    assert f"tensor {name} holds NaN or infinite values" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_the_trained_weights_of_a_sharded_run_are_sampled_through_palette_export(fsdp_run):
+    latest = ckpt.latest_checkpoint(fsdp_run)
+    assert ckpt.resolve_weights(fsdp_run) == latest / "ema.safetensors"  # the whole EMA, as for any run
+    for source in (fsdp_run, latest):
+        with pytest.raises(PaletteError) as refused:
+            ckpt.resolve_weights(source, use_ema=False)
+        assert f"`palette export {source} --no-ema --out FILE.safetensors`" in str(refused.value)
+
+
+@pytest.mark.integration
+def test_an_fsdp_run_resumes_on_one_process_and_back_and_matches(fsdp_run, photo_dir, tmp_path):
     args = [*TRAIN, "--data", str(photo_dir)]
     chain = str(tmp_path / "chain")
-    _torchrun(2, "train", *args, "--steps", "2", "--sharding", "fsdp", "--out", chain, *EXACT)
+    shutil.copytree(fsdp_run, chain)
     assert main(["train", *args, "--steps", "3", "--out", chain, "--resume", *EXACT]) == 0
     # back to FSDP: the sharded Adam moments and EMA are cut from the full tensors of the checkpoint
     _torchrun(2, "train", *args, "--steps", "4", "--sharding", "fsdp", "--out", chain, "--resume", *EXACT,
@@ -443,7 +551,7 @@ def test_launched_processes_wait_in_collectives_for_the_configured_time(tmp_path
         "import sys, torch, torch.distributed as dist\n"
         "from palette.config import apply_overrides, preset\n"
         "from palette.distributed import Processes\n"
-        "from palette.train import make_accelerator\n"
+        "from palette.strategy import make_accelerator\n"
         "if sys.argv[1] == 'train':\n"
         "    make_accelerator(apply_overrides(preset('tiny'), ['train.device=cpu', 'train.collective_timeout_minutes=7']))\n"
         "else:\n"
@@ -489,7 +597,7 @@ def test_launched_processes_join_one_run_on_a_machine_without_a_gpu_whatever_the
         "import sys, torch.distributed as dist\n"
         "from palette.config import apply_overrides, preset\n"
         "from palette.distributed import Processes\n"
-        "from palette.train import make_accelerator\n"
+        "from palette.strategy import make_accelerator\n"
         "if sys.argv[1] == 'train':\n"
         "    group = make_accelerator(apply_overrides(preset('tiny'), ['train.device=auto'])).num_processes\n"
         "else:\n"

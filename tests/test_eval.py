@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from palette import evaluate as E
-from palette import protocols as P
+from palette import evaluate
+from palette import protocols
 from palette.cli import main
 from palette.data import load_image
 from palette.errors import PaletteError
@@ -54,11 +54,11 @@ def test_eval_writes_every_metric_a_table_and_a_sheet(evaluated):
 def test_eval_samples_keep_the_known_pixels_of_the_evaluation_image(evaluated, trained_run, listing):
     model = load_model(trained_run, "cpu")
     size = model.config.model.image_size
-    items = P.folder_or_list(listing).items
+    items = protocols.folder_or_list(listing).items
     for index, item in enumerate(items):
-        original = E.prepare(item.path, size, 3)
-        mask = torch.from_numpy(P.eval_mask("freeform-20-30", index, size))
-        sample = load_image(E.sample_paths(evaluated, item, 1), 3)
+        original = evaluate.prepare(item.path, size, 3)
+        mask = torch.from_numpy(protocols.eval_mask("freeform-20-30", index, size))
+        sample = load_image(evaluate.sample_paths(evaluated, item, 1), 3)
         assert torch.allclose(sample[:, ~mask], original[:, ~mask], atol=1 / 255 + 1e-6)
 
 
@@ -66,7 +66,7 @@ def test_eval_resumes_and_regenerates_only_what_is_missing_identically(evaluated
                                                                        random_weights_dir, tmp_path):
     out = tmp_path / "resumed"
     assert _eval(out, trained_run, listing, random_weights_dir, "--metrics", "psnr", "--batch-invariant") == 0
-    victim = E.sample_paths(out, P.folder_or_list(listing).items[2], 0)
+    victim = evaluate.sample_paths(out, protocols.folder_or_list(listing).items[2], 0)
     before = victim.read_bytes()
     victim.unlink()
     assert _eval(out, trained_run, listing, random_weights_dir, "--metrics", "psnr", "--batch-invariant") == 0
@@ -92,15 +92,15 @@ def test_shards_produce_the_same_samples_as_one_process(trained_run, listing, ra
 def test_metrics_refuse_to_run_before_every_shard_is_done(trained_run, listing, random_weights_dir, tmp_path):
     assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--shard", "0/2") == 0
     model = load_model(trained_run, "cpu")
-    options = E.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir)
+    options = evaluate.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir)
     with pytest.raises(PaletteError, match="2 of 4 images have fewer than 2 samples"):
-        E.compute_metrics(P.folder_or_list(listing), options, tmp_path, model.config.model.image_size, 3)
+        evaluate.compute_metrics(protocols.folder_or_list(listing), options, tmp_path, model.config.model.image_size, 3)
 
 
 def test_reference_statistics_are_cached_and_checked(evaluated, trained_run, listing, random_weights_dir, tmp_path):
     stats = evaluated / "reference_stats.safetensors"
     assert stats.is_file()
-    cached, meta = E.load_stats(stats)
+    cached, meta = evaluate.load_stats(stats)
     assert cached.n == 4 and meta["image_size"] == "16"
     first = json.loads((evaluated / "metrics.json").read_text())
     out = tmp_path / "again"
@@ -108,12 +108,12 @@ def test_reference_statistics_are_cached_and_checked(evaluated, trained_run, lis
                  "--metrics", "fid") == 0
     assert json.loads((out / "metrics.json").read_text())["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"])
 
-    E._save_stats(tmp_path / "other.safetensors", cached, {**meta, "image_size": 32})
+    evaluate.save_stats(tmp_path / "other.safetensors", cached, {**meta, "image_size": 32})
     model = load_model(trained_run, "cpu")
-    options = E.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",),
+    options = evaluate.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",),
                             reference_stats=tmp_path / "other.safetensors")
     with pytest.raises(PaletteError, match="not comparable"):
-        E.compute_metrics(P.folder_or_list(listing), options, out, model.config.model.image_size, 3)
+        evaluate.compute_metrics(protocols.folder_or_list(listing), options, out, model.config.model.image_size, 3)
 
 
 def test_eval_table_merges_results_in_rows(evaluated, tmp_path, capsys):
@@ -147,10 +147,10 @@ def test_eval_errors_are_clear(trained_run, listing, random_weights_dir, tmp_pat
 @pytest.mark.parametrize("task", ["colorization", "sr-x4", "deblurring", "denoising", "jpeg"])
 def test_eval_inputs_are_degraded_the_same_way_in_every_run(task):
     original = torch.rand(3, 32, 32)
-    options = E.EvalOptions(task=task)
-    first = E.eval_condition(task, original, 5, options, None)
-    again = E.eval_condition(task, original, 5, options, None)
-    other = E.eval_condition(task, original, 6, options, None)
+    options = evaluate.EvalOptions(task=task)
+    first = evaluate.eval_condition(task, original, 5, options, None)
+    again = evaluate.eval_condition(task, original, 5, options, None)
+    other = evaluate.eval_condition(task, original, 6, options, None)
     assert torch.equal(first.x, again.x)
     assert (first.x - (original * 2 - 1)).abs().mean() > 1e-3  # x is not the clean image
     if task in ("deblurring", "denoising"):  # parameters drawn per image index
@@ -167,7 +167,7 @@ def test_classification_accuracy_is_absent_with_the_reason_when_the_labels_are_n
 
 def test_diversity_defaults_to_the_papers_pairs_and_says_so(trained_run, listing, random_weights_dir, tmp_path):
     """With K = 3 samples the paper's MS-SSIM pairs (0, 1), (0, 2) and all pairs, with (1, 2) too, differ."""
-    from palette import metrics as MT
+    from palette import metrics as image_metrics
 
     for diversity, pairs in (("paper", [(0, 1), (0, 2)]), ("all-pairs", [(0, 1), (0, 2), (1, 2)])):
         out = tmp_path / diversity
@@ -175,23 +175,23 @@ def test_diversity_defaults_to_the_papers_pairs_and_says_so(trained_run, listing
                      "--diversity", diversity, "--batch-invariant") == 0
         result = json.loads((out / "metrics.json").read_text())
         expected = []
-        for item in P.folder_or_list(listing).items:
-            samples = [load_image(E.sample_paths(out, item, k), 3)[None] for k in range(3)]
-            expected.append(np.mean([float(MT.ms_ssim(samples[i], samples[j])) for i, j in pairs]))
+        for item in protocols.folder_or_list(listing).items:
+            samples = [load_image(evaluate.sample_paths(out, item, k), 3)[None] for k in range(3)]
+            expected.append(np.mean([float(image_metrics.ms_ssim(samples[i], samples[j])) for i, j in pairs]))
         assert result["metrics"]["ms-ssim_diversity"] == pytest.approx(np.mean(expected), rel=1e-5)
         assert result["diversity"]["pairs"] == diversity
-        assert result["diversity"]["ms-ssim"] == MT.DIVERSITY_DESCRIPTIONS[MT.DIVERSITY_PAIRS[diversity]["ms-ssim"]]
+        assert result["diversity"]["ms-ssim"] == image_metrics.DIVERSITY_DESCRIPTIONS[image_metrics.DIVERSITY_PAIRS[diversity]["ms-ssim"]]
 
 
 def test_a_protocols_own_reference_set_is_the_fid_reference_and_its_statistics_are_cached(
         evaluated, trained_run, listing, photo_dir, random_weights_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PALETTE_CACHE_DIR", str(tmp_path / "cache"))
     model = load_model(trained_run, "cpu")
-    reference = [P.EvalItem(p.stem, p) for p in sorted(photo_dir.iterdir())[:3]]
-    eval_set = P.EvalSet("toy", P.folder_or_list(listing).items, reference, reference_name="three photos")
-    options = E.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",))
-    first = E.compute_metrics(eval_set, options, evaluated, model.config.model.image_size, 3, progress=False)
-    again = E.compute_metrics(eval_set, options, evaluated, model.config.model.image_size, 3, progress=False)
+    reference = [protocols.EvalItem(p.stem, p) for p in sorted(photo_dir.iterdir())[:3]]
+    eval_set = protocols.EvalSet("toy", protocols.folder_or_list(listing).items, reference, reference_name="three photos")
+    options = evaluate.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",))
+    first = evaluate.compute_metrics(eval_set, options, evaluated, model.config.model.image_size, 3, progress=False)
+    again = evaluate.compute_metrics(eval_set, options, evaluated, model.config.model.image_size, 3, progress=False)
     assert first["reference"]["source"] == "three photos" and first["reference"]["n"] == 3
     cache = Path(first["reference"]["statistics"])
     assert cache.parent == tmp_path / "cache" / "reference-stats" and cache.is_file()

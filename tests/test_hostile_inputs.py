@@ -501,7 +501,7 @@ def test_stop_ends_a_request_at_the_next_network_evaluation(web_model, photo_dir
 
 
 def test_shard_jobs_racing_to_write_the_manifest_keep_the_first_and_compare_with_it(tmp_path, monkeypatch):
-    from palette import evaluate as E
+    from palette import evaluate
 
     real_link = os.link
 
@@ -510,7 +510,7 @@ def test_shard_jobs_racing_to_write_the_manifest_keep_the_first_and_compare_with
         return real_link(src, dst)
 
     monkeypatch.setattr(os, "link", another_job_first)
-    reason = E.check_manifest(tmp_path, {"seed": 0})
+    reason = evaluate.check_manifest(tmp_path, {"seed": 0})
     assert "seed 1 there, 0 now" in reason
-    assert json.loads((tmp_path / "samples" / E.MANIFEST).read_text()) == {"seed": 1}
-    assert [p.name for p in (tmp_path / "samples").iterdir()] == [E.MANIFEST]  # no temporary file left
+    assert json.loads((tmp_path / "samples" / evaluate.MANIFEST).read_text()) == {"seed": 1}
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == [evaluate.MANIFEST]  # no temporary file left

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from palette import evaluate as E
-from palette import protocols as P
+from palette import evaluate
+from palette import protocols
 from palette.cli import main
 from palette.sampling import sample_seed
 
@@ -51,7 +51,7 @@ def test_two_images_of_one_evaluation_get_different_noise(tmp_path, trained_run,
     assert main(["eval", "--checkpoint", str(trained_run), "--task", "jpeg", "--data", str(listing), "--out", str(out),
                  "--steps", "3", "--sampler", "ddim", "--batch-invariant", "--device", "cpu", "--metrics", "psnr",
                  "--weights-dir", str(random_weights_dir), "--no-progress"]) == 0
-    items = P.folder_or_list(listing).items
-    first, second = (_pixels(E.sample_paths(out, item, 0)) for item in items)
+    items = protocols.folder_or_list(listing).items
+    first, second = (_pixels(evaluate.sample_paths(out, item, 0)) for item in items)
     assert np.abs(first - second).max() > 10
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 2

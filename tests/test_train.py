@@ -401,3 +401,20 @@ def test_an_error_raised_in_a_loader_worker_reaches_the_user_as_its_one_line():
         with loader_batches(loader) as batches:
             next(batches)
     assert str(caught.value) == "photos/b.png and its target differ in size"
+
+
+def test_export_writes_a_checkpoints_ema_or_trained_weights_as_one_file_a_sampler_loads(trained_run, tmp_path, capsys):
+    from palette.cli import main
+    from palette.sampling import load_model
+
+    latest = ckpt.latest_checkpoint(trained_run)
+    for flags, source in (([], "ema.safetensors"), (["--no-ema"], "model.safetensors")):
+        out = tmp_path / f"{source}"
+        assert main(["export", str(trained_run), *flags, "--out", str(out)]) == 0
+        expected = ckpt.read_weights(latest / source)[0]
+        loaded = load_model(out, "cpu").net.state_dict()
+        assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    assert main(["export", str(latest), "--out", str(tmp_path / "weights.pt")]) == 2
+    assert "error: --out " in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "none.safetensors")]) == 2
+    assert "not a checkpoint folder nor a run folder with a complete checkpoint" in capsys.readouterr().err

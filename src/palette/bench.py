@@ -2,28 +2,32 @@
 
 For a preset (or the configuration the most used public reimplementation ships, ``--preset public``) on the current
 device: the measured matmul peak (fp32, and bf16 on GPUs), the network's forward FLOPs per image (counted with
-``torch.utils.flop_counter``), training images/s for the step palette trains with (forward, backward, gradient
-clipping, Adam, EMA; random data, so data loading is not included), sampling images/s (one network evaluation per
+``torch.utils.flop_counter``), training images/s of ``palette train``'s own step (:meth:`Trainer.train_step`, built by
+:meth:`Trainer.without_data`: the strategy's forward and backward, gradient clipping, Adam, EMA) on random batches
+shaped like the training data's (so data loading is not included), sampling images/s (one network evaluation per
 image and step), the FLOP/s each achieves (training counts 3x the forward FLOPs) as a fraction of the peak, and the
 peak memory (GPU: allocated by torch; CPU: the process's peak resident set).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import dataclasses
 import resource
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Config, apply_overrides, preset, use_channels_last
+from .config import Config, apply_overrides, preset
+from .data import sample_rng
+from .diffusion import NoiseSchedule, sample_gamma
 from .errors import PaletteError
 from .model import PaletteModel
-from .devices import configure_cuda, resolve_device
+from .tasks import PAIRED, Task
 
 # Janspiry/Palette-Image-to-Image-Diffusion-Models' shipped network: 64 channels x (1, 2, 4, 8), 2 residual blocks,
 # attention at 16x16 with 32 channels per head, 64x64 images, batch 8
@@ -90,9 +94,50 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, second
 
 
 def forward_flops(model: PaletteModel, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> float:
+    # ``forward`` runs the network eagerly even when it is compiled: a frame first run under FlopCounterMode is left
+    # uncompiled by dynamo
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.net(x[:1], y[:1], gamma[:1])
+        model.net.forward(x[:1], y[:1], gamma[:1])
     return counter.get_total_flops()
+
+
+def synthetic_batch(config: Config, task: Task, size: int, seed: int = 0) -> dict[str, Any]:
+    """``size`` examples collated as the training data's loader yields them, from random images in [-1, 1]: the task's
+    x, y, mask and name, and (unless the objective is regression) each example's float64 noise level gamma and noise,
+    drawn from the example's own generator."""
+    s, channels = config.model.image_size, config.model.channels
+    schedule = NoiseSchedule(config.diffusion.train_schedule)
+    examples = []
+    for n in range(size):
+        rng = sample_rng(seed, n)
+        y = torch.from_numpy(rng.uniform(-1, 1, (channels, s, s)).astype(np.float32))
+        if task.name == PAIRED:  # the source is a second image
+            x = torch.from_numpy(rng.uniform(-1, 1, (config.model.condition_channels, s, s)).astype(np.float32))
+            example = {"x": x, "y": y, "mask": torch.ones(1, s, s), "task": task.name}
+        else:
+            sample = task(y, rng)
+            example = {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
+        if config.diffusion.objective != "regression":
+            example["gamma"] = sample_gamma(schedule, 1, rng)[0]
+            example["noise"] = torch.from_numpy(rng.standard_normal((channels, s, s), dtype=np.float32))
+        examples.append(example)
+    return torch.utils.data.default_collate(examples)
+
+
+def bench_trainer(config: Config, device: str = "auto", precision: str = "no", gradient_checkpointing: bool = False,
+                  compile: bool = False, channels_last: bool | None = None, low_precision_norm: bool = False):
+    """The :class:`~palette.train.Trainer` ``palette train`` would build for ``config`` with these settings (its
+    ``train.*`` fields; ``channels_last`` None keeps the config's ``train.channels_last``), without data or a run
+    folder."""
+    from .train import Trainer  # training is imported only by the command that times it
+
+    if low_precision_norm and precision == "no":
+        raise PaletteError("--low-precision-norm needs --mixed-precision bf16 or fp16")
+    layout = config.train.channels_last if channels_last is None else str(channels_last).lower()
+    train = dataclasses.replace(config.train, device=device, mixed_precision=precision, compile=compile,
+                                gradient_checkpointing=gradient_checkpointing, channels_last=layout,
+                                low_precision_norm=low_precision_norm)
+    return Trainer.without_data(dataclasses.replace(config, train=train))
 
 
 def _compiled_frames() -> int:
@@ -110,75 +155,41 @@ def _peak_memory_gb(device: torch.device) -> float:
 def run_bench(config: Config, device: str = "auto", precision: str = "no", seconds: float = 10.0,
               gradient_checkpointing: bool = False, compile: bool = False,
               channels_last: bool | None = None, low_precision_norm: bool = False) -> BenchResult:
-    dev = resolve_device(device)
-    if precision not in ("no", "bf16", "fp16"):
-        raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {precision!r}")
-    if low_precision_norm and precision == "no":
-        raise PaletteError("--low-precision-norm needs --mixed-precision bf16 or fp16")
-    if precision == "fp16" and dev.type != "cuda":
-        raise PaletteError("--mixed-precision fp16 needs a CUDA GPU")
-    if dev.type == "cuda":  # as palette train sets them
-        configure_cuda(config.train.cudnn_benchmark, config.train.tf32)
-        torch.cuda.reset_peak_memory_stats(dev)
-    b, s, c = config.train.batch_size, config.model.image_size, config.model.channels
-    if channels_last is None:  # train.channels_last=auto
-        channels_last = use_channels_last("auto", dev)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    torch.manual_seed(0)
-    model = PaletteModel(config).to(dev, memory_format=fmt)
-    model.net.gradient_checkpointing = gradient_checkpointing
-    model.net.low_precision_norm = low_precision_norm
-    ema = copy.deepcopy(model.net).requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(b, c, s, s, device=dev).contiguous(memory_format=fmt)
-    y, noise = torch.randn_like(x), torch.randn_like(x)
-    mask = torch.ones(b, 1, s, s, device=dev)
-    gamma = torch.rand(b, device=dev)
+    trainer = bench_trainer(config, device, precision, gradient_checkpointing, compile, channels_last,
+                            low_precision_norm)
+    dev, model = trainer.device, trainer.model
+    # each step's micro-batches, as palette train splits the batch (train.micro_batch_size)
+    micro_batches = [synthetic_batch(trainer.config, trainer.task, trainer.micro_batch, seed=i)
+                     for i in range(trainer.accumulation)]
+    batch, micro = trainer.config.train.batch_size, trainer.micro_batch
+    # sampling runs (and the FLOPs are counted) on one micro-batch: what a process holds at once
+    inputs = synthetic_batch(trainer.config, trainer.task, micro)
+    x, y = (inputs[k].to(dev).contiguous(memory_format=trainer.memory_format) for k in ("x", "y"))
+    gamma = torch.rand(micro, device=dev)  # the float32 noise levels of a sampler
     flops = forward_flops(model, x, y, gamma)
-    if compile:  # after counting: a frame first run under FlopCounterMode is left uncompiled by dynamo
-        model.net.compile()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
-
-    def train_step():
-        with autocast():
-            loss = model(x, y, mask, gamma, noise).mean()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.net.parameters()), 1e-4)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
 
     def sample_step():
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), trainer.accelerator.autocast():
             model.net(x, y, gamma)
 
     compiled_before = _compiled_frames()
-    model.train()
-    train_rate = _rate(train_step, dev, seconds) * b
+    train_rate = _rate(lambda: trainer.train_step(micro_batches), dev, seconds) * batch
     compiled = compile and _compiled_frames() > compiled_before
     if compile and not compiled:
         warnings.warn("--compile: torch.compile compiled nothing (is TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE "
                       "set?); the figures are eager ones", stacklevel=2)
     model.eval()
-    sample_rate = _rate(sample_step, dev, seconds / 2) * b
+    sample_rate = _rate(sample_step, dev, seconds / 2) * micro
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     peak = matmul_peak(dev, dtype if dtype and dev.type == "cuda" else torch.float32)
     train_gflops = 3 * flops * train_rate / 1e9
     sample_gflops = flops * sample_rate / 1e9
     return BenchResult(
         preset=config.preset, device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
-        threads=torch.get_num_threads(), batch=b, precision=precision,
-        layout="channels_last" if channels_last else "NCHW", compiled=compiled,
+        threads=torch.get_num_threads(), batch=batch, precision=precision,
+        layout="channels_last" if trainer.memory_format == torch.channels_last else "NCHW", compiled=compiled,
         low_precision_norm=low_precision_norm,
         cudnn_benchmark=config.train.cudnn_benchmark if dev.type == "cuda" else None,
         parameters_m=sum(p.numel() for p in model.parameters()) / 1e6, gflop_forward_per_image=flops / 1e9,

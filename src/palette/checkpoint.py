@@ -2,10 +2,14 @@
 
 A run folder holds ``checkpoints/step-NNNNNNNNN/`` with ``model.safetensors``, ``ema.safetensors`` (the weights, the
 resolved config as JSON in their metadata) and ``state.safetensors`` (optimizer moments as tensors, the rest of the
-training state as JSON metadata). A checkpoint folder is first written under a temporary name and renamed when
+training state as JSON metadata). A checkpoint of an FSDP run is *sharded*: ``shards/`` holds one safetensors file per
+process with its shards of the weights, the EMA and the optimizer moments (torch's distributed checkpoint, see
+:mod:`palette.sharding`) in place of ``model.safetensors`` and the moments; ``ema.safetensors`` is still the whole EMA
+a sampler loads. A checkpoint folder is first written under a temporary name and renamed when
 complete, then ``checkpoints/latest`` is replaced atomically: killing the process at any moment leaves the last
 good checkpoint loadable. ``latest`` names a folder of ``checkpoints/`` and nothing else, and weights that hold NaN or
-infinity are refused when read.
+infinity are refused when read (whole files and shards alike). A sharded checkpoint that lacks one of its processes'
+files is refused: its lost pieces would silently be left at their initial values.
 
 One process writes a run folder: it holds ``RUN/lock`` (an operating-system lock that ends with the process, however
 it ends) while it trains, and a second ``palette train`` on the same folder is refused with the holder's name.
@@ -13,6 +17,7 @@ it ends) while it trains, and a second ``palette train`` on the same folder is r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "palette-1"
 WEIGHT_FILES = ("ema.safetensors", "model.safetensors")
+STATE_FILE = "state.safetensors"
+SHARDS = "shards"  # a sharded checkpoint's folder of per-process files
 STEP_DIR = re.compile(r"step-\d{9}")
 LOCK_FILE = "lock"
 
@@ -105,10 +112,29 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Weights with a NaN or an infinity sample garbage (all-black images) without any error: refuse them, naming the
     first such tensor."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise PaletteError(f"checkpoint {path}: tensor {name} holds NaN or infinite values; the weights are "
-                               "damaged (use an earlier checkpoint of the run)")
+    name = first_non_finite(tensors)
+    if name is not None:
+        raise non_finite_error(path, name)
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor that holds a NaN or an infinity, if any."""
+    return next((name for name, tensor in tensors.items()
+                 if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+
+
+def non_finite_error(path: Path, name: str) -> PaletteError:
+    return PaletteError(f"checkpoint {path}: tensor {name} holds NaN or infinite values; the weights are damaged "
+                        "(use an earlier checkpoint of the run)")
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """The metadata in a safetensors file's header, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:  # safetensors raises several types for a file that is not its format
+        raise PaletteError(f"checkpoint {path} is not a readable safetensors file ({err})") from None
 
 
 def config_of(metadata: dict[str, str], path: Path) -> Config:
@@ -160,37 +186,48 @@ def write_checkpoint(
 
     A write that fails (a full disk) leaves the previous checkpoint and ``latest`` as they were and raises a
     PaletteError that says so."""
-    root = Path(run_dir) / "checkpoints"
-    final = root / step_dir_name(step)
+    with checkpoint_errors(run_dir, step):
+        tmp = new_checkpoint_folder(run_dir, step)
+        try:
+            save_weights(tmp / "model.safetensors", model, config, step=step, weights="model")
+            save_weights(tmp / "ema.safetensors", ema, config, step=step, weights="ema")
+            write_training_state(tmp, optimizer, training)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return complete_checkpoint(run_dir, tmp, step, keep)
+
+
+@contextlib.contextmanager
+def checkpoint_errors(run_dir: Path, step: int):
+    """A failed write of checkpoint ``step`` (a full disk) as a PaletteError that says what is left."""
     try:
-        _write_checkpoint_folder(root, final, step, model, ema, optimizer, config, training)
+        yield
     except (OSError, SafetensorError) as err:  # safetensors reports a full disk as a SafetensorError
         previous = latest_checkpoint(run_dir)
+        final = Path(run_dir) / "checkpoints" / step_dir_name(step)
         raise PaletteError(
             f"cannot write checkpoint {final} ({getattr(err, 'strerror', None) or err}); "
             + (f"the previous checkpoint {previous.name} is intact" if previous else "no checkpoint was written")
         ) from None
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-def _write_checkpoint_folder(root: Path, final: Path, step: int, model: dict[str, torch.Tensor],
-                             ema: dict[str, torch.Tensor], optimizer: dict[str, Any], config: Config,
-                             training: dict[str, Any]) -> None:
+def new_checkpoint_folder(run_dir: Path, step: int) -> Path:
+    """The temporary folder checkpoint ``step`` is written into (then :func:`complete_checkpoint`)."""
+    root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*"):  # left by a process killed while writing; one writer per run folder
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    return Path(tempfile.mkdtemp(dir=root, prefix=f".{step_dir_name(step)}."))
+
+
+def complete_checkpoint(run_dir: Path, tmp: Path, step: int, keep: int) -> Path:
+    """Rename the written folder ``tmp`` to checkpoint ``step``, point ``latest`` at it, keep the newest ``keep``."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / step_dir_name(step)
     try:
-        save_weights(tmp / "model.safetensors", model, config, step=step, weights="model")
-        save_weights(tmp / "ema.safetensors", ema, config, step=step, weights="ema")
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-        save_file(
-            _contiguous(opt_tensors) or {"_empty": torch.zeros(0)},
-            str(tmp / "state.safetensors"),
-            metadata={"format": FORMAT, "optimizer": json.dumps(opt_meta), "training": json.dumps(training)},
-        )
+        if is_sharded(tmp):
+            _fsync_dir(tmp / SHARDS)  # its entries, written by every process, must outlive a crash after the rename
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -200,14 +237,62 @@ def _write_checkpoint_folder(root: Path, final: Path, step: int, model: dict[str
         raise
     _fsync_dir(root)
     atomic_write_bytes(root / "latest", final.name.encode())
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_training_state(folder: Path, optimizer: dict[str, Any], training: dict[str, Any]) -> None:
+    """``state.safetensors``: the optimizer's tensors (none for a sharded checkpoint: they are in its shards), its
+    other values and the training state as JSON metadata."""
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    save_file(
+        _contiguous(opt_tensors) or {"_empty": torch.zeros(0)},
+        str(folder / STATE_FILE),
+        metadata={"format": FORMAT, "optimizer": json.dumps(opt_meta), "training": json.dumps(training)},
+    )
 
 
 def _complete(folder: Path, root: Path) -> bool:
     """Whether ``folder`` is a complete checkpoint of the run whose checkpoints are in ``root`` (a step folder in it,
-    not a link out of it)."""
+    not a link out of it; sharded, with the files of all the processes that wrote it)."""
     return (STEP_DIR.fullmatch(folder.name) is not None and folder.is_dir()
             and folder.resolve().parent == root.resolve()
-            and all((folder / f).is_file() for f in (*WEIGHT_FILES, "state.safetensors")))
+            and all((folder / f).is_file() for f in (WEIGHT_FILES[0], STATE_FILE))
+            and ((folder / WEIGHT_FILES[1]).is_file() or (is_sharded(folder) and _has_all_shards(folder))))
+
+
+def is_sharded(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is sharded (an FSDP run's: ``shards/`` instead of ``model.safetensors``)."""
+    return (Path(checkpoint) / SHARDS).is_dir()
+
+
+def check_shards(checkpoint: Path) -> None:
+    """Refuse a sharded checkpoint that lacks the file of one of the processes that wrote it (as many as its training
+    state records): DCP reads whatever files it finds and would leave the lost pieces at their initial values."""
+    from .sharding import missing_shards
+
+    processes = int(training_state(checkpoint).get("processes", 0))
+    missing = missing_shards(Path(checkpoint) / SHARDS, processes)
+    if missing:
+        raise PaletteError(
+            f"checkpoint {checkpoint} is incomplete: {', '.join(f'{SHARDS}/{m}' for m in missing)} missing (it was "
+            f"written by {processes} processes, one file each; a multi-node run needs a run folder shared by all "
+            "nodes): put the file(s) back, or delete the folder to use an earlier checkpoint")
+
+
+def _has_all_shards(checkpoint: Path) -> bool:
+    try:
+        check_shards(checkpoint)
+    except PaletteError:
+        return False
+    return True
+
+
+def checkpoint_config(checkpoint: Path) -> Config:
+    """The config a checkpoint folder was trained with (read from the EMA file's header, not its tensors)."""
+    path = Path(checkpoint) / WEIGHT_FILES[0]
+    return config_of(read_header(path), path)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -222,23 +307,87 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
                                "it must stay inside the run; delete it to use the newest complete checkpoint")
         if _complete(root / name, root):
             return root / name
+        if is_sharded(root / name) and (root / name / STATE_FILE).is_file():
+            # the run's last checkpoint lost a shard: say so, rather than resume (or sample) an earlier one unawares
+            check_shards(root / name)
     complete = [p for p in sorted(root.glob("step-*")) if _complete(p, root)]
     return complete[-1] if complete else None
 
 
 def read_training_state(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(optimizer state dict, training state) of a checkpoint folder."""
-    tensors, meta = read_weights(Path(checkpoint) / "state.safetensors")
+    tensors, meta = read_weights(Path(checkpoint) / STATE_FILE)
     optimizer = _unflatten_optimizer(tensors, json.loads(meta["optimizer"]))
     return optimizer, json.loads(meta["training"])
+
+
+def training_state(checkpoint: Path) -> dict[str, Any]:
+    """The training state of a checkpoint folder (step, processes, ...), from its state file's header only."""
+    return json.loads(read_header(Path(checkpoint) / STATE_FILE).get("training", "{}"))
+
+
+def export_weights(source: str | Path, out: str | Path, use_ema: bool = True) -> Path:
+    """Write the weights of a checkpoint (``source``: a run folder, its latest; or a checkpoint folder) as one
+    safetensors file ``out`` that ``palette sample`` and :func:`palette.sampling.load_model` load: the EMA weights,
+    or the trained ones when not ``use_ema``, which a sharded checkpoint holds only in its per-process shards."""
+    out = Path(out)
+    if out.is_dir() or out.suffix != ".safetensors":
+        raise PaletteError(f"--out {out}: give a file name ending in .safetensors")
+    checkpoint = _checkpoint_folder(Path(source))
+    header = read_header(checkpoint / WEIGHT_FILES[0])  # the config and the step, whichever weights are exported
+    config = config_of(header, checkpoint / WEIGHT_FILES[0])
+    weights = "ema" if use_ema else "model"
+    if is_sharded(checkpoint) and not use_ema:
+        from .sharding import whole_from_shards
+
+        check_shards(checkpoint)
+        tensors = whole_from_shards(checkpoint / SHARDS, weights)
+    else:
+        tensors = read_weights(checkpoint / WEIGHT_FILES[0 if use_ema else 1])[0]
+    step = header["step"]
+    try:
+        save_weights(out, tensors, config, step=step, weights=weights)
+    except (OSError, SafetensorError) as err:
+        raise PaletteError(f"--out {out}: cannot write it ({getattr(err, 'strerror', None) or err})") from None
+    return out
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    """The checkpoint folder ``path`` names: itself, or a run folder's latest."""
+    if (path / STATE_FILE).is_file():
+        return path
+    found = latest_checkpoint(path) if path.is_dir() else None
+    if found is None:
+        raise PaletteError(f"{path}: not a checkpoint folder nor a run folder with a complete checkpoint")
+    return found
 
 
 ROUND_FOLDER = "steps-{steps:04d}"  # a round of `palette distill` in its folder: the student of that many steps
 
 
+DEMO_CHECKPOINT = "palette:demo"  # the name of the packaged demo model wherever a checkpoint is accepted
+
+
+def demo_weights(flag: str = "--checkpoint") -> Path:
+    """The packaged demo model's safetensors file (its EMA weights, config and provenance in the header)."""
+    from importlib.resources import files
+
+    path = Path(str(files("palette") / "resources" / "demo.safetensors"))
+    if not path.is_file():
+        raise PaletteError(f"{flag} {DEMO_CHECKPOINT}: this installation has no packaged demo model ({path} is "
+                           "missing); reinstall palette, or train one with `palette demo --train`")
+    return path
+
+
 def resolve_weights(path: str | Path, use_ema: bool = True, flag: str = "--checkpoint") -> Path:
     """A weights file from a run folder (its latest checkpoint), a checkpoint folder, a ``.safetensors`` file or a
-    distillation folder (its finished student with the fewest steps). ``flag`` names the argument in errors."""
+    distillation folder (its finished student with the fewest steps), or ``palette:demo``, the demo model that ships
+    inside the package (:data:`DEMO_CHECKPOINT`). ``flag`` names the argument in errors."""
+    if str(path) == DEMO_CHECKPOINT:
+        if not use_ema:
+            raise PaletteError(f"{flag} {DEMO_CHECKPOINT}: the packaged demo model holds its EMA weights only; "
+                               "drop --no-ema")
+        return demo_weights(flag)
     path = Path(path)
     name = WEIGHT_FILES[0] if use_ema else WEIGHT_FILES[1]
     if path.is_file():
@@ -247,10 +396,14 @@ def resolve_weights(path: str | Path, use_ema: bool = True, flag: str = "--check
         raise PaletteError(f"{flag} {path}: no such file or folder")
     if (path / name).is_file():
         return path / name
-    found = latest_checkpoint(path) or _fewest_step_student(path)
+    found = path if is_sharded(path) else latest_checkpoint(path) or _fewest_step_student(path)
     if found is None:
         raise PaletteError(f"{flag} {path}: the folder holds no complete checkpoint (checkpoints/step-*/{name}) "
                            "and no finished distillation round (steps-NNNN)")
+    if not (found / name).is_file() and is_sharded(found):
+        raise PaletteError(f"{flag} {path}: checkpoint {found.name} is sharded (an FSDP run's): its trained weights "
+                           f"are in per-process shards, not in one {name}; make that file with `palette export {path} "
+                           "--no-ema --out FILE.safetensors` and pass FILE.safetensors")
     return found / name
 
 
@@ -262,7 +415,7 @@ def _fewest_step_student(folder: Path) -> Path | None:
         last = latest_checkpoint(round_dir)
         if last is not None and (round_dir / "config.yaml").is_file():
             planned = yaml.safe_load((round_dir / "config.yaml").read_text())["train"]["steps"]
-            if int(read_training_state(last)[1]["step"]) >= planned:
+            if int(training_state(last)["step"]) >= planned:
                 return last
     return None
 

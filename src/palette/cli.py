@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .errors import PaletteError
 
+CHECKPOINT_HELP = "run folder, checkpoint folder or .safetensors file (palette:demo: the packaged demo model)"
+
 
 class _TqdmHandler(logging.StreamHandler):
     """Log lines that do not tear progress bars. tqdm's public tool for this, ``tqdm.contrib.logging.
@@ -222,9 +224,10 @@ def cmd_panorama(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    overrides = list(args.overrides) + ([f"diffusion.sampler={args.sampler}"] if args.sampler else [])
-    sheets = run_demo(Path(args.out), steps=args.steps, sample_steps=args.sample_steps, num_samples=args.num_samples,
-                      device=args.device, overrides=overrides, progress=not args.no_progress,
+    train = args.train or args.steps is not None  # --steps alone trains, as it did before the packaged model
+    sheets = run_demo(Path(args.out), train=train, steps=1000 if args.steps is None else args.steps, sample_steps=args.sample_steps,
+                      sampler=args.sampler, num_samples=args.num_samples, device=args.device,
+                      overrides=args.overrides, progress=not args.no_progress,
                       tasks=[t.strip() for t in args.tasks.split(",") if t.strip()])
     for sheet in sheets:
         print(sheet)
@@ -232,9 +235,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .checkpoint import DEMO_CHECKPOINT
     from .webapp import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb,
+    # with neither a model nor a folder to load from, everyone gets the packaged demo model
+    checkpoint = args.checkpoint or (None if args.allow_load else DEMO_CHECKPOINT)
+    serve(checkpoint, host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb,
           max_pixels=args.max_pixels, allow_load=args.allow_load, request_budget=int(args.request_budget * 1e6),
           max_tiled_pixels=args.max_tiled_pixels, max_output_pixels=args.max_output_pixels)
     return 0
@@ -298,23 +304,31 @@ def cmd_eval_table(args) -> int:
 
 
 def cmd_weights(args) -> int:
-    from . import weights as W
+    from . import weights as metric_weights
 
-    names = args.names or list(W.WEIGHTS)
+    names = args.names or list(metric_weights.WEIGHTS)
     for name in names:
-        W._spec(name)
+        metric_weights._spec(name)
     if args.action == "download":
         for name in names:
-            print(f"{name}: {W.download(name, args.weights_dir, progress=not args.no_progress)}")
+            print(f"{name}: {metric_weights.download(name, args.weights_dir, progress=not args.no_progress)}")
         return 0
-    print(f"weights folder: {W.weights_dir(args.weights_dir)}")
+    print(f"weights folder: {metric_weights.weights_dir(args.weights_dir)}")
     for name in names:
-        spec, found = W.WEIGHTS[name], W.find(name, args.weights_dir)
+        spec, found = metric_weights.WEIGHTS[name], metric_weights.find(name, args.weights_dir)
         if found is None:
             state = f"missing ({spec.filename}, SHA-256 {spec.sha256_prefix}...; {spec.url})"
         else:
-            state = f"{found} ({'standard' if W.is_standard(name, W.sha256(found)) else 'NOT the standard file'})"
+            standard = metric_weights.is_standard(name, metric_weights.sha256(found))
+            state = f"{found} ({'standard' if standard else 'NOT the standard file'})"
         print(f"  {name:20s} {state}\n  {'':20s} for {spec.used_for}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoint import export_weights
+
+    print(export_weights(args.checkpoint, args.out, use_ema=not args.no_ema))
     return 0
 
 
@@ -373,22 +387,36 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .evaluate import METRICS as EVAL_METRICS
-    from .imagefile import DEFAULT_MAX_PIXELS
-    from .masks import MASK_NAMES
-    from .metrics import DIVERSITY_PAIRS as EVAL_DIVERSITY
-    from .protocols import LABEL_SPACES, PROTOCOLS
-    from .distill import METHODS
-    from .samplers import SAMPLERS
-    from .tasks import PAIRED, PAPER_TASKS, TASK_NAMES
-    from .webapp import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET
-
     parser = argparse.ArgumentParser(prog="palette", description="Palette: image-to-image diffusion models.")
     parser.add_argument("--verbose", action="store_true", help="more detailed logs")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_presets_parser(sub)
+    _add_train_parser(sub)
+    _add_distill_parser(sub)
+    _add_sample_parser(sub)
+    _add_eval_parser(sub)
+    _add_eval_table_parser(sub)
+    _add_weights_parser(sub)
+    _add_export_parser(sub)
+    _add_bench_parser(sub)
+    _add_panorama_parser(sub)
+    _add_serve_parser(sub)
+    _add_demo_parser(sub)
+    from .study.commands import add_study_parser
 
+    add_study_parser(sub)
+    return parser
+
+
+def _add_presets_parser(sub) -> None:
     p = sub.add_parser("presets", help="list the network presets with their parameter counts")
     p.set_defaults(func=cmd_presets)
+
+
+def _add_train_parser(sub) -> None:
+    from .config import allowed
+    from .imagefile import DEFAULT_MAX_PIXELS
+    from .tasks import PAIRED, TASK_NAMES
 
     p = sub.add_parser("train", help="train a model on a folder or list of images")
     p.add_argument("--task", choices=(*TASK_NAMES, PAIRED, "multi"),
@@ -408,19 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="global batch of one step, over all processes")
     p.add_argument("--micro-batch-size", type=int,
                    help="most examples a process runs at once; more are accumulated (default: no accumulation)")
-    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), help="autocast precision (default no)")
+    p.add_argument("--mixed-precision", choices=allowed("train.mixed_precision"),
+                   help="autocast precision (default no)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
     p.add_argument("--low-precision-norm", action="store_true",
                    help="under --mixed-precision, run GroupNorm in bf16/fp16 instead of autocast's float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow to start)")
-    p.add_argument("--sharding", choices=("ddp", "fsdp"),
+    p.add_argument("--sharding", choices=allowed("train.sharding"),
                    help="ddp (default): every process holds the model; fsdp: parameters, gradients, optimizer and EMA "
                         "sharded over the processes")
     p.add_argument("--steps", type=int, help="total optimisation steps of the run")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="write a checkpoint and stop after this many minutes (resume later with --resume)")
-    p.add_argument("--loss", choices=("l2", "l1"))
-    p.add_argument("--objective", choices=("diffusion", "regression"))
+    p.add_argument("--loss", choices=allowed("diffusion.loss"))
+    p.add_argument("--objective", choices=allowed("diffusion.objective"))
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...; launched processes each use their own GPU")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="data loading processes")
@@ -435,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config value, e.g. train.lr=2e-4")
     p.set_defaults(func=cmd_train)
+
+
+def _add_distill_parser(sub) -> None:
+    from .distill import METHODS
 
     p = sub.add_parser("distill", help="distil a trained model into students that sample in a few steps")
     p.add_argument("--teacher", required=True, help="the trained model: run folder, checkpoint folder or .safetensors")
@@ -457,8 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config value of the students")
     p.set_defaults(func=cmd_distill)
 
+
+def _add_sample_parser(sub) -> None:
+    from .masks import MASK_NAMES
+    from .tasks import PAIRED, TASK_NAMES
+
     p = sub.add_parser("sample", help="sample a trained model on image files")
-    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--task", required=True, choices=(*TASK_NAMES, PAIRED),
                    help="one the checkpoint was trained for; sr-x2 and sr-x4 take the low-resolution image and write "
                         "one 2 or 4 times larger; paired takes source images (16-bit in, 16-bit out)")
@@ -481,9 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
 
+
+def _add_eval_parser(sub) -> None:
+    from .evaluate import METRICS as EVAL_METRICS
+    from .masks import MASK_NAMES
+    from .metrics import DIVERSITY_PAIRS as EVAL_DIVERSITY
+    from .protocols import LABEL_SPACES, PROTOCOLS
+    from .tasks import TASK_NAMES
+
     p = sub.add_parser("eval", help="generate outputs for an evaluation set and compute FID, IS, CA, PD, diversity",
                        description="Sharded and resumable: re-running skips images whose samples exist.")
-    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--task", required=True, choices=TASK_NAMES)
     p.add_argument("--data", required=True,
                    help="folder or list file of images (a list may give labels); with --protocol, the dataset folder")
@@ -512,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-stats", help="reference statistics file: read if it exists, else written")
     p.add_argument("--weights-dir", help="metric backbone weights (default $PALETTE_WEIGHTS_DIR or "
                    "~/.cache/palette/weights); see `palette weights`")
-    p.add_argument("--shard", metavar="I/N", help="only generate the images whose index is I modulo N (no metrics); run every shard, then once without")
+    p.add_argument("--shard", metavar="I/N", help="only generate the images whose index is I modulo N (no metrics); "
+                   "run every shard, then once without")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--name", help="the row name in the table (default: checkpoint, sampler, steps)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -522,11 +569,15 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_flags(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_eval_table_parser(sub) -> None:
     p = sub.add_parser("eval-table", help="one Markdown table (the paper's layout) of several eval results")
     p.add_argument("results", nargs="+", help="eval folders or their metrics.json files")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_eval_table)
 
+
+def _add_weights_parser(sub) -> None:
     p = sub.add_parser("weights", help="list or download the metric backbones' weights")
     p.add_argument("action", choices=("list", "download"))
     p.add_argument("names", nargs="*", help="default: all")
@@ -534,12 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_weights)
 
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint's weights as one safetensors file (also a sharded one's)")
+    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_bench_parser(sub) -> None:
+    from .config import allowed
+
     p = sub.add_parser("bench", help="training and sampling throughput against this device's measured peak")
     p.add_argument("--preset", nargs="+", default=["public"],
                    help="presets to measure; public = the most used public reimplementation's network (default)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
-    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    p.add_argument("--mixed-precision", choices=allowed("train.mixed_precision"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--low-precision-norm", action="store_true",
                    help="under --mixed-precision, GroupNorm in bf16/fp16 instead of autocast's float32")
@@ -552,8 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_panorama_parser(sub) -> None:
     p = sub.add_parser("panorama", help="extend an image again and again with an uncropping model")
-    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--input", required=True, help="the image to extend (its pixels are kept exactly)")
     p.add_argument("--extend", type=int, required=True, metavar="N",
                    help="applications on each side, each adding half the image's height (width if vertical): "
@@ -564,8 +629,14 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_flags(p)
     p.set_defaults(func=cmd_panorama)
 
+
+def _add_serve_parser(sub) -> None:
+    from .imagefile import DEFAULT_MAX_PIXELS
+    from .webapp import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET
+
     p = sub.add_parser("serve", help="a web page to sample a trained model")
-    p.add_argument("--checkpoint", help="run folder or .safetensors file: the model of every visitor")
+    p.add_argument("--checkpoint", help="run folder or .safetensors file: the model of every visitor (default, "
+                   "without --allow-load: palette:demo, the packaged demo model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="auto")
@@ -585,23 +656,29 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_MAX_OUTPUT_PIXELS:,})")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="train a tiny model on bundled photos and write one sheet per task")
+
+def _add_demo_parser(sub) -> None:
+    from .samplers import SAMPLERS
+    from .tasks import PAPER_TASKS
+
+    p = sub.add_parser("demo", help="one sheet per task of the packaged demo model (or, with --train, of one "
+                       "trained here) on photos it never trained on")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--sample-steps", type=int, default=200, help="network evaluations per sample")
-    p.add_argument("--sampler", choices=SAMPLERS, help="default: the paper's ancestral sampler")
+    p.add_argument("--train", action="store_true",
+                   help="train a tiny model from scratch in OUT/run (about 5 minutes on 2 CPU cores) instead of "
+                        "sampling the packaged one; resumes if OUT/run holds one")
+    p.add_argument("--steps", type=int, help="with --train: training steps in all (default 1000; implies --train)")
+    p.add_argument("--sample-steps", type=int, help="network evaluations per sample (default: the model's, 20)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="default: the model's, dpmpp-2m-sde (the paper's: --sampler ancestral --sample-steps 1000)")
     p.add_argument("--num-samples", type=int, default=3)
     p.add_argument("--tasks", default=",".join(PAPER_TASKS),
-                   help="comma-separated tasks of the demo model, one sheet each (default: the paper's four)")
+                   help="comma-separated tasks, one sheet each (default: the paper's four); with --train, the "
+                        "tasks of the model it trains")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="with --train: config values of the model")
     p.set_defaults(func=cmd_demo)
-
-    from .study.commands import add_study_parser
-
-    add_study_parser(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

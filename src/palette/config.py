@@ -1,5 +1,9 @@
 """Configuration: a handful of plain values in nested dataclasses, presets, and ``key=value`` overrides.
 
+The dataclasses are where each value's type, default and allowed values live: a field with a fixed set of values is
+typed ``Literal[...]``, :meth:`Config.validate` checks every such field against it, and the command line takes its
+flags' choices from the same types (:func:`allowed`).
+
 A run's resolved configuration is saved as YAML in its folder and as JSON in the metadata of every weights file, so
 a checkpoint alone is enough to rebuild its network, schedules and task.
 """
@@ -12,13 +16,14 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .diffusion import INFERENCE_SCHEDULE, PARAMETERIZATIONS, TRAINING_SCHEDULE, NoiseSchedule, ScheduleConfig
+from .diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule, Parameterization, ScheduleConfig
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS
+from .samplers import SamplerName, ScheduleName
 from .tasks import MULTI_TASK_DEFAULT, PAIRED, TASK_NAMES
 from .unet import UNetConfig
 
@@ -28,16 +33,18 @@ class DiffusionConfig:
     train_schedule: ScheduleConfig = TRAINING_SCHEDULE
     inference_schedule: ScheduleConfig = INFERENCE_SCHEDULE
     sample_steps: int = 1000  # network evaluations per sample (1000 with ancestral: the paper's sampler)
-    sampler: str = "ancestral"  # ancestral (the paper), ddim, dpmpp-2m, dpmpp-2m-sde or unipc
+    sampler: SamplerName = "ancestral"  # ancestral (the paper), ddim, dpmpp-2m, dpmpp-2m-sde or unipc
     eta: float = 0.0  # DDIM's noise (ddim only): 0 deterministic, 1 DDPM's posterior variance (below the
     # paper's ancestral variance 1 - alpha_t)
-    sample_schedule: str = "inference"  # inference: the paper's 1e-4..0.09; training: only the trained gamma range
+    # inference: the paper's 1e-4..0.09; training: only the trained gamma range
+    sample_schedule: ScheduleName = "inference"
     clip_denoised: bool = True  # every sampler clips its y0 estimates to [-1, 1] (not in the paper's Algorithm 2)
-    loss: str = "l2"  # l2 (the paper) or l1 (its ablation)
-    objective: str = "diffusion"  # diffusion, or regression: the paper's baseline mapping x to y with L2
+    loss: Literal["l2", "l1"] = "l2"  # l2 (the paper) or l1 (its ablation)
+    # diffusion, or regression: the paper's baseline mapping x to y with L2
+    objective: Literal["diffusion", "regression"] = "diffusion"
     # what the network predicts: eps (the paper's noise) or v = sqrt(gamma) eps - sqrt(1 - gamma) y_0 (a distilled
     # student's: y_0 from eps divides by sqrt(gamma), which is about 1e-10 at the first of few sampling steps)
-    parameterization: str = "eps"
+    parameterization: Parameterization = "eps"
 
 
 @dataclass
@@ -87,7 +94,7 @@ class TrainConfig:
     # batch_size is the global batch of one optimisation step, over all processes; each process runs it in
     # micro-batches of at most micro_batch_size (0: batch_size / processes) with gradient accumulation between
     micro_batch_size: int = 0
-    mixed_precision: str = "no"  # no, bf16 or fp16 (autocast; weights, optimizer and EMA stay float32)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; weights, optimizer and EMA stay float32
     # under bf16/fp16 autocast, run GroupNorm in that dtype instead of autocast's float32 (saves the casts around
     # every norm; statistics still accumulate in float32). Off: autocast's rule, as PyTorch and the paper's code do
     low_precision_norm: bool = False
@@ -97,8 +104,9 @@ class TrainConfig:
     # (torch.backends.cudnn.benchmark); false for runs whose GPU results must repeat bit for bit
     cudnn_benchmark: bool = True
     tf32: bool = True  # on CUDA: float32 matmuls and convolutions on TF32 tensor cores (false: full float32)
-    sharding: str = "ddp"  # ddp (each process holds the whole model) or fsdp (parameters, gradients, Adam and EMA
-    # sharded over the processes: for networks that do not fit one device several times over)
+    # ddp (each process holds the whole model) or fsdp (parameters, gradients, Adam and EMA sharded over the
+    # processes: for networks that do not fit one device several times over)
+    sharding: Literal["ddp", "fsdp"] = "ddp"
     time_limit_minutes: float = 0.0  # > 0: checkpoint and stop after this long (a job's allocation); resume later
     # how long a process of a launched run waits in a collective before the run fails: the others wait while the main
     # process writes a checkpoint (8.8 GB for `paper`) or sheets, or while the slowest draws its rows of the sheets
@@ -145,8 +153,7 @@ class Config:
     def validate(self) -> None:
         """Raise PaletteError for values that cannot work together."""
         self._check_ranges()
-        if self.train.sharding not in ("ddp", "fsdp"):
-            raise PaletteError(f"train.sharding must be ddp or fsdp, got {self.train.sharding!r}")
+        self._check_choices()
         if str(self.train.channels_last).lower() not in ("auto", "true", "false"):
             raise PaletteError(f"train.channels_last must be auto, true or false, got {self.train.channels_last!r}")
         if self.task.name not in (*TASK_NAMES, PAIRED, "multi"):
@@ -171,13 +178,6 @@ class Config:
             raise PaletteError(
                 f"model.channels and model.source_channels must be 1 or 3, got {self.model.channels} and {source}"
             )
-        if self.diffusion.loss not in ("l1", "l2"):
-            raise PaletteError(f"--loss must be l2 or l1, got {self.diffusion.loss!r}")
-        if self.diffusion.objective not in ("diffusion", "regression"):
-            raise PaletteError(f"--objective must be diffusion or regression, got {self.diffusion.objective!r}")
-        if self.diffusion.parameterization not in PARAMETERIZATIONS:
-            raise PaletteError(f"diffusion.parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got "
-                               f"{self.diffusion.parameterization!r}")
         if self.train.cond_drop_prob and self.diffusion.objective == "regression":
             raise PaletteError("train.cond_drop_prob is for guided diffusion: the regression baseline has no guidance")
         levels = len(self.model.channel_mult) - 1
@@ -191,23 +191,17 @@ class Config:
         if self.train.micro_batch_size < 0:
             raise PaletteError(f"train.micro_batch_size must be 0 (no accumulation) or positive, got "
                                f"{self.train.micro_batch_size}")
-        if self.train.mixed_precision not in ("no", "bf16", "fp16"):
-            raise PaletteError(f"--mixed-precision must be no, bf16 or fp16, got {self.train.mixed_precision!r}")
         if self.data.max_pixels < 1:
             raise PaletteError(f"data.max_pixels must be at least 1, got {self.data.max_pixels}")
         if not 0 < self.data.crop_scale_min <= 1:
             raise PaletteError(f"data.crop_scale_min must be in (0, 1], got {self.data.crop_scale_min}")
-        from .samplers import SCHEDULES, check_sampler
+        from .samplers import check_sampler
 
         try:
             check_sampler(self.diffusion.sampler, 0.0)
             check_sampler("ddim", self.diffusion.eta)  # the config's eta is DDIM's, whatever the default sampler
         except ValueError as err:
             raise PaletteError(f"diffusion.sampler / diffusion.eta: {err}") from None
-        if self.diffusion.sample_schedule not in SCHEDULES:
-            raise PaletteError(
-                f"unknown schedule {self.diffusion.sample_schedule!r}: choose one of {', '.join(SCHEDULES)}"
-            )
         limit = self.sampling_schedule().steps
         if not 1 <= self.diffusion.sample_steps <= limit:
             raise PaletteError(f"diffusion.sample_steps must be between 1 and {limit}, got {self.diffusion.sample_steps}")
@@ -226,6 +220,17 @@ class Config:
         except ValueError as err:
             raise PaletteError(f"distill.steps: {err}") from None
 
+    def _check_choices(self) -> None:
+        """Every ``Literal``-typed field holds one of its values."""
+        for section in dataclasses.fields(self):
+            values = getattr(self, section.name)
+            if not dataclasses.is_dataclass(values):
+                continue
+            for name, choices in _choices_of(type(values)).items():
+                value = getattr(values, name)
+                if value not in choices:
+                    raise PaletteError(f"{section.name}.{name} must be one of {', '.join(choices)}, got {value!r}")
+
     def _check_ranges(self) -> None:
         """Numbers outside their range fail late and obscurely (a division by zero at the first log, a loss that turns
         NaN after hours, a data loader's traceback): each must be finite and in its range (:data:`RANGES`)."""
@@ -240,6 +245,17 @@ class Config:
         """The discrete schedule samplers walk: the paper's inference schedule, or the training schedule."""
         d = self.diffusion
         return d.inference_schedule if d.sample_schedule == "inference" else d.train_schedule
+
+
+def _choices_of(cls) -> dict[str, tuple[str, ...]]:
+    """The allowed values of each ``Literal``-typed field of the dataclass ``cls``."""
+    return {name: get_args(hint) for name, hint in get_type_hints(cls).items() if get_origin(hint) is Literal}
+
+
+def allowed(key: str) -> tuple[str, ...]:
+    """The allowed values of the config field ``key`` (``section.name``), from its ``Literal`` type."""
+    section, name = key.split(".")
+    return _choices_of(type(getattr(Config(), section)))[name]
 
 
 # (config key, its flag or "", what it must be, whether a finite value is in range)
@@ -359,7 +375,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
             node = node[part]
         if not isinstance(node, dict) or parts[-1] not in node:
             raise PaletteError(f"unknown config key {key!r} in override {item!r}")
-        node[parts[-1]] = _scalar(text)
+        # a text field takes the text as it is: YAML would read "no" as false and "" as null
+        node[parts[-1]] = text if isinstance(node[parts[-1]], str) else _scalar(text)
     return Config.from_dict(data)
 
 

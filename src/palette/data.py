@@ -30,9 +30,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 def _data_source(source: str | Path, expected: str) -> Path:
     """``--data`` as a path that exists; ``expected`` says what it should be."""
-    source = Path(source)
-    if not str(source):
+    if source is None or str(source) == "":  # Path("") would be the current folder
         raise PaletteError(f"no data given: pass --data with {expected}")
+    source = Path(source)
     if not source.exists():
         raise PaletteError(f"--data {source}: no such file or folder")
     return source
@@ -394,10 +394,10 @@ def _ignore_stop_signals(worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def training_loader(dataset: TrainingData, sampler: StepSampler, micro_batch: int, num_workers: int):
-    """Micro-batches of ``micro_batch`` examples in the sampler's order (a step is B / (W * micro_batch) of them)."""
+def training_loader(dataset: TrainingData, order: StepSampler, micro_batch: int, num_workers: int):
+    """Micro-batches of ``micro_batch`` examples in ``order`` (a step is B / (W * micro_batch) of them)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=micro_batch, sampler=sampler, num_workers=num_workers,
+        dataset, batch_size=micro_batch, sampler=order, num_workers=num_workers,
         persistent_workers=False, drop_last=False, prefetch_factor=4 if num_workers else None,
         worker_init_fn=_ignore_stop_signals if num_workers else None,
     )

@@ -1,4 +1,8 @@
-"""``palette demo``: train a tiny multi-task model on photos that ship inside installed wheels, then draw sheets.
+"""``palette demo``: one sheet per task of a tiny multi-task model on photos it never trained on.
+
+By default the sheets come from the demo model that ships inside the package (``palette:demo``, trained for hours on
+a CPU; its provenance is in its file's header), so they take seconds. ``--train`` trains the same kind of model from
+scratch instead (minutes), into ``OUT/run``.
 
 The photos are scikit-image's astronaut, coffee, chelsea, rocket, motorcycle, hubble and immunohistochemistry,
 scikit-learn's china and flower, and matplotlib's grace_hopper. Two of them are held out of training and the
@@ -16,16 +20,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import apply_overrides, preset
+from . import checkpoint as ckpt
+from .config import Config, apply_overrides, preset
 from .data import load_image, random_square_crop
 from .errors import PaletteError
+from .model import PaletteModel
 from .sheets import task_sheet
 from .tasks import PAPER_TASKS, TASK_NAMES
-from .train import Trainer
 
 log = logging.getLogger(__name__)
 
 HELD_OUT = ("chelsea", "grace_hopper")
+# the demo's sampler: on the demo model as good as the paper's ancestral sampler at 200 steps for inpainting and
+# uncropping, better for JPEG, and 9-11 times faster (benchmarks/results/demo_quality.md); the paper's stays
+# available: --sampler ancestral --sample-steps 1000
+DEMO_SAMPLER, DEMO_SAMPLE_STEPS = "dpmpp-2m-sde", 20
 
 
 def wheel_photos() -> dict[str, np.ndarray]:
@@ -66,49 +75,100 @@ def write_photos(folder: Path) -> tuple[list[Path], list[Path]]:
     return train, held
 
 
-def run_demo(out: Path, steps: int = 1000, sample_steps: int = 200, num_samples: int = 3, rows: int = 4,
-             device: str = "auto", overrides: list[str] | None = None, progress: bool = True,
-             tasks: Sequence[str] = PAPER_TASKS) -> list[Path]:
-    """Train the demo model for ``tasks`` (one multi-task model; the paper's four by default) into ``out/run``
-    (resuming if it is there) and write ``out/sheet_<task>.png`` for each task."""
-    out = Path(out)
+def demo_config(out: Path, steps: int, device: str, tasks: Sequence[str], overrides: Sequence[str]) -> Config:
+    """The demo model's training config: ``tiny`` at 32 px, one multi-task model, random crops of the photos."""
+    return apply_overrides(preset("tiny"), [
+        f"data.path={out / 'photos' / 'train'}", "task.name=multi", f"task.tasks={','.join(tasks)}",
+        f"train.steps={steps}", "data.crop_scale_min=0.25", f"train.device={device}",
+        f"train.checkpoint_every={max(1, steps // 4)}", "train.sample_every=0",
+        f"diffusion.sampler={DEMO_SAMPLER}", f"diffusion.sample_steps={DEMO_SAMPLE_STEPS}", *overrides,
+    ])
+
+
+def train_demo_model(out: Path, steps: int, device: str, tasks: Sequence[str], overrides: Sequence[str],
+                     progress: bool) -> PaletteModel:
+    """Train (or resume) the demo model in ``out/run``; returns its EMA network, ready to sample."""
+    from .train import Trainer
+
+    config = demo_config(out, steps, device, tasks, overrides)
+    run_dir = out / "run"
+    trainer = Trainer(config, run_dir, resume=ckpt.latest_checkpoint(run_dir) is not None, progress=progress)
+    trainer.fit()
+    model = PaletteModel(trainer.config).to(trainer.device)
+    model.net.load_state_dict(trainer.ema_state_dict())
+    return model.eval()
+
+
+def packaged_model(device: str, tasks: Sequence[str], overrides: Sequence[str]) -> PaletteModel:
+    """The demo model that ships inside the package, checked against the tasks asked for."""
+    from .sampling import load_model
+
+    if overrides:
+        raise PaletteError(f"{overrides[0]}: key=value settings configure training; add --train to train a demo "
+                           "model with them")
+    model = load_model(ckpt.DEMO_CHECKPOINT, device)
+    missing = [t for t in tasks if t not in model.config.task.tasks]
+    if missing:
+        raise PaletteError(f"--tasks {','.join(missing)}: the packaged demo model does "
+                           f"{', '.join(model.config.task.tasks)}; add --train to train a model for other tasks")
+    return model
+
+
+def held_out_crops(files: Sequence[Path], size: int, rows: int) -> torch.Tensor:
+    """``rows`` random square crops of the held-out photos, in [-1, 1] (the same crops on every run)."""
+    rng = np.random.default_rng(1234)
+    return torch.stack([random_square_crop(load_image(files[i % len(files)]), size, rng, scale_min=0.4) * 2 - 1
+                        for i in range(rows)])
+
+
+def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in TASK_NAMES]
     if not tasks or unknown or len(set(tasks)) != len(tasks):
         raise PaletteError(f"--tasks {','.join(tasks)}: name each task once, from {', '.join(TASK_NAMES)}")
+    return tasks
+
+
+def run_demo(out: Path, train: bool = False, steps: int = 1000, sample_steps: int | None = None,
+             sampler: str | None = None, num_samples: int = 3, rows: int = 4, device: str = "auto",
+             overrides: Sequence[str] = (), progress: bool = True, tasks: Sequence[str] = PAPER_TASKS) -> list[Path]:
+    """Write ``out/sheet_<task>.png`` for each of ``tasks``: from the packaged demo model, or with ``train`` from a
+    model trained (or resumed) for ``steps`` steps in ``out/run``. ``sampler`` and ``sample_steps`` default to the
+    model's own (DPM-Solver++(2M) SDE, 20 steps)."""
+    out, tasks = Path(out), check_tasks(tasks)
     started = time.perf_counter()
-    train_files, held_files = write_photos(out / "photos")
-    config = apply_overrides(preset("tiny"), [
-        f"data.path={out / 'photos' / 'train'}", "task.name=multi", f"task.tasks={','.join(tasks)}",
-        f"train.steps={steps}", "data.crop_scale_min=0.25", f"train.device={device}",
-        f"train.checkpoint_every={max(1, steps // 4)}", "train.sample_every=0", f"diffusion.sample_steps={sample_steps}",
-        *(overrides or []),
-    ])
-    run_dir = out / "run"
-    from .checkpoint import latest_checkpoint
-
-    trainer = Trainer(config, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=progress)
-    trainer.fit()
+    model = None if train else packaged_model(device, tasks, overrides)  # refused before anything is written
+    _, held_files = write_photos(out / "photos")
+    if train:
+        model = train_demo_model(out, steps, device, tasks, overrides, progress)
     trained = time.perf_counter()
-
-    from .model import PaletteModel
-
-    model = PaletteModel(config).to(trainer.device)
-    model.net.load_state_dict(trainer.ema_state_dict())
-    model.eval()
-    rng = np.random.default_rng(1234)
-    size = config.model.image_size
-    targets = torch.stack([
-        random_square_crop(load_image(held_files[i % len(held_files)]), size, rng, scale_min=0.4) * 2 - 1
-        for i in range(rows)
-    ])
+    if sampler:  # the sheets' sampler; the model's config holds the default
+        model.config = apply_overrides(model.config, [f"diffusion.sampler={sampler}"])
+    targets = held_out_crops(held_files, model.config.model.image_size, rows)
+    device_of_model = next(model.parameters()).device
     written = []
     for task in tasks:
-        sheet = task_sheet(model, task, targets, num_samples, seed=0, steps=sample_steps, device=trainer.device,
+        sheet = task_sheet(model, task, targets, num_samples, seed=0, steps=sample_steps, device=device_of_model,
                            progress=progress)
         path = out / f"sheet_{task}.png"
         sheet.save(path)
         written.append(path)
-    log.info("demo: trained in %.0f s, sampled in %.0f s; sheets in %s", trained - started,
-             time.perf_counter() - trained, out)
+    made = f"trained in {trained - started:.0f} s" if train else f"the packaged model {ckpt.DEMO_CHECKPOINT}"
+    log.info("demo: %s, sampled in %.0f s; sheets in %s", made, time.perf_counter() - trained, out)
     return written
+
+
+def package_demo_model(run_dir: Path, out_file: Path, commands: Sequence[str]) -> Path:
+    """Write a run's EMA weights as the packaged demo model: its config (with the demo's sampler as the default)
+    and, in the header, the training photos and the ``commands`` that trained it."""
+    from .sampling import load_model
+
+    model = load_model(run_dir, "cpu")
+    config = apply_overrides(model.config, [f"diffusion.sampler={DEMO_SAMPLER}",
+                                            f"diffusion.sample_steps={DEMO_SAMPLE_STEPS}", "data.path="])
+    step = ckpt.read_weights(ckpt.resolve_weights(run_dir))[1].get("step", "unknown")
+    photos = sorted(name for name in wheel_photos() if name not in HELD_OUT)
+    ckpt.save_weights(out_file, model.net.state_dict(), config, step=step,
+                      training_photos=",".join(photos), held_out_photos=",".join(HELD_OUT),
+                      commands=" && ".join(commands))
+    return out_file

@@ -8,7 +8,7 @@ float64 and indexed 1..T through arrays of length T + 1 whose entry 0 is the noi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ import torch
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """f(x, y_t, gamma) -> the network's prediction (the noise eps, or v for a "v" model), all a sampler knows of it."""
 
-PARAMETERIZATIONS = ("eps", "v")
+Parameterization = Literal["eps", "v"]
+PARAMETERIZATIONS = get_args(Parameterization)
 """What the network predicts: eps, the paper's noise; or v = sqrt(gamma) eps - sqrt(1 - gamma) y_0 (Salimans & Ho
 2022), which stays informative where gamma is near 0 and is what a distilled student predicts
 (:mod:`palette.distill`)."""

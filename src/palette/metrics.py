@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import weights as W
+from . import weights as metric_weights
 
 INCEPTION_DIM = 2048
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults
@@ -71,7 +71,7 @@ class Backbones:
         self._nets: dict[str, torch.nn.Module] = {}
 
     def _state(self, name: str) -> dict[str, torch.Tensor]:
-        state, _, digest = W.load_state_dict(name, self.weights_dir)
+        state, _, digest = metric_weights.load_state_dict(name, self.weights_dir)
         self.digests[name] = digest
         return state
 
@@ -83,7 +83,7 @@ class Backbones:
     def require(self, names) -> None:
         """Check that every weights file in ``names`` is present before any long work starts."""
         for name in names:
-            W.path(name, self.weights_dir)
+            metric_weights.path(name, self.weights_dir)
 
     def _build_inception(self) -> torch.nn.Module:
         from torch_fidelity.feature_extractor_inceptionv3 import (
@@ -242,6 +242,29 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     return structural_similarity_index_measure(a.float(), b.float(), data_range=1.0, reduction="none")
+
+
+def chroma_histogram(images: torch.Tensor, bins: int = 32) -> np.ndarray:
+    """The normalised 2-D histogram of the images' chroma (YCbCr Cb, Cr; ``bins`` x ``bins`` over [-0.5, 0.5]) over
+    all their pixels, for images in [-1, 1]."""
+    rgb = (images.clamp(-1, 1) + 1) / 2
+    cb = -0.168736 * rgb[:, 0] - 0.331264 * rgb[:, 1] + 0.5 * rgb[:, 2]
+    cr = 0.5 * rgb[:, 0] - 0.418688 * rgb[:, 1] - 0.081312 * rgb[:, 2]
+    hist, _, _ = np.histogram2d(cb.flatten().numpy(), cr.flatten().numpy(), bins=bins, range=[[-0.5, 0.5]] * 2)
+    return hist / hist.sum()
+
+
+def chroma_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """L1 distance between two sets' chroma histograms: 0 for the same colours, 2 for disjoint ones. A gray input
+    scores high against colour photos; a colorization model should score lower."""
+    return float(np.abs(chroma_histogram(a) - chroma_histogram(b)).sum())
+
+
+def high_frequency_energy(images: torch.Tensor) -> float:
+    """Mean square of the images minus their 3x3 box blur: the energy of pixel-scale detail (and of speckle). Divided
+    by the truth's, 1 is the truth's texture and well above 1 is speckle."""
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return float((images - blurred).square().mean())
 
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from . import masks as M
+from . import masks
 from .errors import PaletteError
 from .model import PaletteModel
 from .sampling import check_sampling_args, check_task, make_condition, sample_conditions
@@ -23,7 +23,7 @@ DIRECTIONS = {"horizontal": ("left", "right"), "vertical": ("top", "bottom")}
 
 def _generated(side: str, window: int) -> int:
     """How many rows or columns an uncropping of ``side`` generates in a square window (the mask's own split)."""
-    mask = M.uncrop_mask(window, window, side)
+    mask = masks.uncrop_mask(window, window, side)
     return int(mask[0].sum() if side in ("left", "right") else mask[:, 0].sum())
 
 

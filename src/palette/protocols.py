@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import masks as M
+from . import masks as mask_shapes
 from .data import IMAGE_EXTENSIONS
 from .errors import PaletteError
 
@@ -46,7 +46,7 @@ IMAGENET_1K, PLACES365 = "imagenet-1k", "places365"
 LABEL_SPACES = (IMAGENET_1K, PLACES365)
 MASK_FILE_SIZE = 256
 # the paper's mask file names its categories like this
-MASK_FILE_CATEGORIES = {f"freeform-{r}": f"{r}% freeform" for r in M.EVAL_FREE_FORM_RANGES}
+MASK_FILE_CATEGORIES = {f"freeform-{r}": f"{r}% freeform" for r in mask_shapes.EVAL_FREE_FORM_RANGES}
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ def resolve(protocol: str | None, data: str | Path, places_list: str | Path | No
 
 def eval_mask(name: str, index: int, size: int) -> np.ndarray:
     """The evaluation mask ``name`` of image ``index`` at ``size`` x ``size``, the same in every run."""
-    return M.named_mask(name, size, size, np.random.default_rng([EVAL_MASK_SEED, index]))
+    return mask_shapes.named_mask(name, size, size, np.random.default_rng([EVAL_MASK_SEED, index]))
 
 
 def save_mask_file(path: str | Path, masks: dict[str, np.ndarray]) -> None:

@@ -21,15 +21,16 @@ With ``clip_denoised`` (the default) every solver clips its y0 estimate to [-1, 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
 
 from .diffusion import Denoiser, NoiseSchedule, noise_level, predict_y0_from
 
-SAMPLERS = ("ancestral", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
-SCHEDULES = ("inference", "training")
+SamplerName = Literal["ancestral", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc"]
+ScheduleName = Literal["inference", "training"]
+SAMPLERS, SCHEDULES = get_args(SamplerName), get_args(ScheduleName)
 
 
 SOLVERS = ("dpmpp-2m", "dpmpp-2m-sde", "unipc")  # the samplers that are diffusers schedulers

@@ -3,10 +3,13 @@
 Each input is resized to the model's size, sampled, and the samples are resized back to the input's size (times the
 factor for super-resolution, whose input is first bicubic-upsampled as in SR3), or, with tiling, sampled at its own
 size in overlapping tiles (:mod:`palette.tiling`). For inpainting and uncropping the known pixels of the output come
-from the input file at full resolution; only the hole is generated. Sample k of an input is seeded by
-(seed, the input's key, k) (:func:`sample_seed`): the key is the file's name for ``palette sample`` and the image's
-index for ``palette eval``, so no two inputs share noise and an input's samples do not depend on the other files of a
-folder, on the batch, on the shard or on the process that draws them.
+from the input file at full resolution; only the hole is generated. A colorization resized to the model keeps the
+input's own full-resolution luma and takes the sample's chroma (upscaled), so a small model still colours a large
+photo without blurring it; at the model's size the output is the model's, as in the paper.
+
+Sample k of an input is seeded by (seed, the input's key, k) (:func:`sample_seed`): the key is the file's name for
+``palette sample`` and the image's index for ``palette eval``, so no two inputs share noise and an input's samples do
+not depend on the other files of a folder, on the batch, on the shard or on the process that draws them.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import torch
 from PIL import Image
 
 from . import checkpoint as ckpt
-from . import masks as M
+from . import masks
 from .data import IMAGE_EXTENSIONS, load_image, resize
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe, save_image
 from .model import PaletteModel, check_guidance, check_student
 from .samplers import SAMPLERS, SCHEDULES, check_sampler, resolve_eta
-from .tasks import PAIRED, TASK_NAMES, make_task, sample_tasks
+from .tasks import PAIRED, TASK_NAMES, luma, make_task, sample_tasks, with_luma
 from .tiling import tile_starts
 from .devices import configure_cuda, resolve_device
 
@@ -97,6 +100,7 @@ class Condition:
     full_mask: torch.Tensor | None  # (1, H, W) for masked tasks
     masked: bool
     tile_overlap: int | None = None  # sampled in tiles with this overlap: x and mask are then at the canvas size
+    keep_luma: bool = False  # colorization resized to the model: the output keeps the input's own luma
 
 
 def tiled_canvas(height: int, width: int, size: int) -> tuple[int, int]:
@@ -129,15 +133,16 @@ def make_condition(
     small = resize(original, canvas)
     if not t.masked:
         x, m = t.condition(small, rng)
-        return Condition(original, x, m, None, False, tile_overlap)
+        keep_luma = task == "colorization" and canvas != tuple(original.shape[1:])
+        return Condition(original, x, m, None, False, tile_overlap, keep_luma)
     h, w = image.shape[1:]
     if task == "uncropping":
-        full = M.uncrop_mask(h, w, side)
+        full = masks.uncrop_mask(h, w, side)
     elif mask is None:
         raise PaletteError("inpainting needs --mask: a mask image (white = fill) or a name such as center, freeform-20-30")
     elif isinstance(mask, str):
         try:
-            full = M.named_mask(mask, h, w, rng)
+            full = masks.named_mask(mask, h, w, rng)
         except ValueError as err:
             raise PaletteError(f"--mask {mask}: {err}") from None
     else:
@@ -161,6 +166,8 @@ def at_input_size(condition: Condition, sample: torch.Tensor) -> torch.Tensor:
     """A sample back at the input's size; outside the mask the input's own pixels, exactly."""
     h, w = condition.original.shape[1:]
     out = resize(sample.cpu(), (h, w)).clamp(-1, 1)
+    if condition.keep_luma:  # the sampled colours on the input's full-resolution detail, not an upscaled sample's
+        out = with_luma(out, luma(condition.original))
     if condition.masked:
         out = out * condition.full_mask + condition.original * (1 - condition.full_mask)
     return out
@@ -425,6 +432,6 @@ def resolve_mask(mask: str | Path | None, image: torch.Tensor) -> np.ndarray | s
     if Path(mask).is_file():
         return read_mask(Path(mask), tuple(image.shape[1:]))
     name = str(mask)
-    if name in M.MASK_NAMES or name.startswith("freeform-"):
+    if name in masks.MASK_NAMES or name.startswith("freeform-"):
         return name
-    raise PaletteError(f"--mask {mask}: no such file, and not a mask name ({', '.join(M.MASK_NAMES)})")
+    raise PaletteError(f"--mask {mask}: no such file, and not a mask name ({', '.join(masks.MASK_NAMES)})")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import masks as M
+from . import masks as mask_shapes
 
 TASK_NAMES = ("colorization", "inpainting", "uncropping", "jpeg", "sr-x2", "sr-x4", "deblurring", "denoising")
 PAPER_TASKS = ("colorization", "inpainting", "uncropping", "jpeg")  # the four tasks of the paper
@@ -41,6 +41,12 @@ def luma(image: torch.Tensor) -> torch.Tensor:
         return image
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
     return (image[:3] * weights[:, None, None]).sum(0, keepdim=True)
+
+
+def with_luma(image: torch.Tensor, new_luma: torch.Tensor) -> torch.Tensor:
+    """``image`` (3, H, W) in [-1, 1] with its luma replaced by ``new_luma`` (1, H, W) and its chroma kept: in YCbCr
+    every channel moves by the change of Y (R = Y + 1.402 Cr, ...), clamped to the range."""
+    return (image + (new_luma - luma(image))).clamp(-1, 1)
 
 
 def resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -136,8 +142,8 @@ class Inpainting(_MaskedTask):
     name = "inpainting"
 
     def draw(self, h, w, rng):
-        mask, kind = M.training_inpainting_mask(h, w, rng)
-        return {"mask": mask, "mask_kind": kind, "coverage": M.coverage(mask)}
+        mask, kind = mask_shapes.training_inpainting_mask(h, w, rng)
+        return {"mask": mask, "mask_kind": kind, "coverage": mask_shapes.coverage(mask)}
 
 
 class Uncropping(_MaskedTask):
@@ -146,8 +152,8 @@ class Uncropping(_MaskedTask):
     name = "uncropping"
 
     def draw(self, h, w, rng):
-        side = M.training_uncrop_side(rng)
-        return {"mask": M.uncrop_mask(h, w, side), "side": side}
+        side = mask_shapes.training_uncrop_side(rng)
+        return {"mask": mask_shapes.uncrop_mask(h, w, side), "side": side}
 
 
 class JpegRestoration(Task):

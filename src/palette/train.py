@@ -1,9 +1,11 @@
 """Training: Adam with linear warm-up, gradient clipping, an EMA of the weights, atomic checkpoints, exact resume.
 
-One code path for a CPU, one GPU, many GPUs and many nodes, through accelerate: launched plainly, with ``torchrun``
-or with ``accelerate launch``, each process trains on its slice of every global batch (DDP), in micro-batches with
-gradient accumulation when the slice does not fit, optionally in bf16/fp16 autocast, with gradient checkpointing or
-``torch.compile``. Logs, sheets and checkpoints are written by the main process only.
+One code path for a CPU, one GPU, many GPUs and many nodes: launched plainly, with ``torchrun`` or with
+``accelerate launch``, each process trains on its slice of every global batch, in micro-batches with gradient
+accumulation when the slice does not fit, optionally in bf16/fp16 autocast, with gradient checkpointing or
+``torch.compile``. How the processes share the network (DDP or FSDP: wrapping, gradient synchronisation, clipping,
+the EMA, checkpoints) is the :mod:`palette.strategy` object's business. Logs and sheets are written by the main
+process only.
 
 Every random draw of example n (crop, flip, mask, JPEG quality, noise level gamma, noise eps) comes from a generator
 seeded by (seed, n), and step s trains on examples s*B .. s*B + B - 1 (B the global batch): the data position and
@@ -14,11 +16,9 @@ uninterrupted one exactly, also on another number of processes (up to floating-p
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import math
-import os
 import time
 import weakref
 from pathlib import Path
@@ -28,19 +28,17 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .config import Config, use_channels_last
+from .config import Config
 from .data import (
     StepSampler, TrainingData, list_images, list_pairs, probe_items, scan_images, summarize_scan, training_loader,
 )
-from .devices import configure_cuda, resolve_device
+from .devices import configure_cuda
 from .diffusion import NoiseSchedule
 from .distill import build_student, student_levels
-from .distributed import (check_joined, check_launched_device, check_launcher, from_main, gather_interleaved, on_cpu,
-                          process_group_kwargs)
+from .distributed import from_main, gather_interleaved
 from .errors import PaletteError
 from .model import PaletteModel
-from .sharding import (ShardedEMA, full_optimizer_state, full_state_dict, full_tensor, load_optimizer_state,
-                       shard_network)
+from .strategy import check_sharding, make_accelerator, make_strategy
 from .sheets import sample_rows, training_rows, write_training_sheets
 from .tasks import PAIRED, make_task
 
@@ -135,35 +133,6 @@ def batch_layout(batch_size: int, processes: int, micro_batch_size: int = 0) -> 
     return share // accumulation, accumulation
 
 
-def make_accelerator(config: Config):
-    """The accelerate state for ``train.device`` and ``train.mixed_precision`` (CPU runs use gloo between processes)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import InitProcessGroupKwargs
-
-    # accelerate keeps one state per process; a process that trains several runs (a notebook, the tests) with other
-    # devices or precisions starts from a clean one (a launched run keeps its process group)
-    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", 1)) == 1)
-    GradientState._reset_state()
-
-    name = config.train.device
-    check_launcher()
-    check_launched_device(name, strict=False)  # train.device may come from the config of a resumed run
-    device = resolve_device(name) if name != "auto" else None
-    if device is not None and device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
-        torch.cuda.set_device(device)  # one process on a chosen GPU
-    cpu = on_cpu(name)
-    if config.train.mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
-        raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
-    if config.train.low_precision_norm and config.train.mixed_precision == "no":
-        raise PaletteError("--low-precision-norm (train.low_precision_norm) needs --mixed-precision bf16 or fp16")
-    timeout = process_group_kwargs(config.train.collective_timeout_minutes)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
-                              kwargs_handlers=[InitProcessGroupKwargs(**timeout)])
-    check_joined(accelerator.num_processes)
-    return accelerator
-
-
 def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[int, ...]) -> Config:
     """The config with what the data decides: the bit depth of the targets and, for paired data, the channels of
     the source and the target (3 if any file of that side is in colour, else 1)."""
@@ -241,25 +210,52 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
+    @classmethod
+    def without_data(cls, config: Config) -> "Trainer":
+        """A trainer of ``config`` with neither data nor a run folder: the model, strategy and :meth:`train_step` that
+        ``palette train`` builds, for batches made elsewhere (``palette bench`` times its step on random ones)."""
+        config.validate()
+        trainer = cls.__new__(cls)
+        trainer.config, trainer.run_dir, trainer.lock = config, None, None
+        trainer.accelerator = make_accelerator(config)
+        trainer.main = trainer.accelerator.is_main_process
+        trainer._set_up_processes(progress=False)
+        trainer.paths, trainer.bad_files = [], 0
+        trainer._build()
+        trainer.strategy.wrap(trainer.model)
+        return trainer
+
     def _prepare(self, resume: bool, progress: bool) -> None:
-        config = self.config
+        """The named steps of a run's set-up. The network is wrapped before a checkpoint is restored into it, so
+        each FSDP process reads only its own shards."""
+        self._set_up_processes(progress)
+        existing = self._check_run_folder(resume)
+        report = self._scan_data()
+        self._finish_config(report)
+        self._build()
+        self.strategy.wrap(self.model)
+        if resume:
+            self._restore(existing)
+        self._save_config()
+
+    def _set_up_processes(self, progress: bool) -> None:
+        """This process's place in the run, its device, and how the processes share the batch and the network."""
+        cfg = self.config.train
         self.progress = progress and self.main
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
-        cfg = config.train
         if self.device.type == "cuda":
             configure_cuda(cfg.cudnn_benchmark, cfg.tf32)
         self.micro_batch, self.accumulation = batch_layout(cfg.batch_size, self.world, cfg.micro_batch_size)
-        # FSDP shards over the processes: with one process it is plain training
-        self.fsdp = cfg.sharding == "fsdp" and self.world > 1
-        if cfg.sharding == "fsdp" and cfg.mixed_precision == "fp16":
-            raise PaletteError("--sharding fsdp trains in fp32 or --mixed-precision bf16, not fp16")
-        self.task = make_task(config.task.name, config.task.tasks, config.task.weights)
+        check_sharding(self.config)
+        self.task = make_task(self.config.task.name, self.config.task.tasks, self.config.task.weights)
         try:
-            self.task.check_channels(config.model.channels)
+            self.task.check_channels(self.config.model.channels)
         except ValueError as err:
-            raise PaletteError(f"--task {config.task.name}: {err}") from None
+            raise PaletteError(f"--task {self.config.task.name}: {err}") from None
 
+    def _check_run_folder(self, resume: bool) -> Path | None:
+        """The checkpoint to resume (None for a new run); a run is continued only when asked to."""
         existing = ckpt.latest_checkpoint(self.run_dir)
         if existing is not None and not resume:
             raise PaletteError(
@@ -268,12 +264,23 @@ class Trainer:
             )
         if resume and existing is None:
             raise PaletteError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
+        return existing
 
-        paired = config.task.name == PAIRED
-        report = self._scan(lambda: list_pairs(config.data.path) if paired else list_images(config.data.path))
+    def _scan_data(self):
+        """The report on the training files: which are readable, their channels and bit depths."""
+        data = self.config.data.path
+        return self._scan(lambda: list_pairs(data) if self.config.task.name == PAIRED else list_images(data))
+
+    def _finish_config(self, report) -> None:
+        """Keep the readable files, and finish the config with what the data decides."""
         self.paths = report.readable
         self.bad_files = len(report.unreadable)
-        self.config = config = with_data_properties(config, report.channels, report.bits)
+        self.config = with_data_properties(self.config, report.channels, report.bits)
+
+    def _build(self) -> None:
+        """The dataset and the model, with the same initial weights on every process (a distillation student
+        starts as its teacher)."""
+        config, cfg = self.config, self.config.train
         regression = config.diffusion.objective == "regression"
         self.dataset = TrainingData(
             self.paths, self.task, config.model.image_size, config.model.channels, cfg.seed,
@@ -283,41 +290,20 @@ class Trainer:
             level_grid=student_levels(config) if config.distill.steps else None,
         )
         torch.manual_seed(cfg.seed)
-        # the same initial weights on every process; a distillation student starts as its teacher
         self.model = build_student(config) if config.distill.steps else PaletteModel(config)
         self.model.net.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.net.low_precision_norm = cfg.low_precision_norm
-        # FSDP2 shards contiguous parameters only, and inputs follow the weights' layout
-        self.memory_format = torch.channels_last if use_channels_last(cfg.channels_last, self.device) \
-            and not self.fsdp else torch.contiguous_format
+        self.strategy = make_strategy(config, self.accelerator)
+        self.memory_format = self.strategy.memory_format  # of the weights, and of the inputs that follow them
         self.model.to(self.device, memory_format=self.memory_format)
-        self.ema = copy.deepcopy(self.model.net).requires_grad_(False)
         self.step = 0
         self.stopped = False  # by a time limit or a stop signal, before train.steps
         self.task_losses: dict[str, list[float]] = {}  # per-example losses of each task since the last log
-        optimizer_state = self._restore(existing) if resume else None
-        self.sharded_ema = None
-        if self.fsdp:
-            shard_network(self.model.net, self.device.type, self.world)
-            self.sharded_ema = ShardedEMA(self.model.net, self.ema.state_dict())
-            self.ema = None  # each process keeps its shards of the EMA only
-        self.optimizer = torch.optim.Adam(
-            self.model.net.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
-        )
-        if optimizer_state is not None:
-            if self.fsdp:
-                load_optimizer_state(self.optimizer, optimizer_state)
-            else:
-                self.optimizer.load_state_dict(optimizer_state)
-        if cfg.compile:
-            self.model.net.compile()
-        if self.fsdp:  # sharded in place: the model trains as it is, under the accelerator's autocast
-            self.ddp_model = self.model
-        else:
-            self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    def _save_config(self) -> None:
         if self.main:
             try:
-                config.save(self.run_dir / "config.yaml")
+                self.config.save(self.run_dir / "config.yaml")
             except OSError as err:
                 raise PaletteError(f"--out {self.run_dir}: cannot write config.yaml ({err.strerror or err})") from None
 
@@ -343,54 +329,39 @@ class Trainer:
         outcomes = gather_interleaved(mine, len(items))
         return summarize_scan(items, outcomes, cfg.model.image_size, cfg.data.max_bad_fraction, warn=self.main)
 
-    def _restore(self, checkpoint: Path) -> dict[str, Any]:
-        """Load the weights and EMA of ``checkpoint`` (before any sharding); returns its optimizer state."""
-        weights, metadata = ckpt.read_weights(checkpoint / "model.safetensors")  # read once: 2.2 GB for `paper`
-        check_resumable(ckpt.config_of(metadata, checkpoint), self.config, self.run_dir)
-        self.model.net.load_state_dict(weights)
-        self.ema.load_state_dict(ckpt.read_weights(checkpoint / "ema.safetensors")[0])
-        optimizer, training = ckpt.read_training_state(checkpoint)
+    def _restore(self, checkpoint: Path) -> None:
+        """Continue from ``checkpoint``: its weights, EMA, optimizer state and step."""
+        check_resumable(ckpt.checkpoint_config(checkpoint), self.config, self.run_dir)
+        training = self.strategy.restore(checkpoint)
         self.step = int(training["step"])
         previous = training.get("processes")
         log.info("resumed %s at step %d%s", self.run_dir, self.step,
                  f" (written by {previous} process(es), now {self.world})" if previous not in (None, self.world)
                  else "")
-        return optimizer
+
+    @property
+    def ema(self) -> torch.nn.Module:
+        """The EMA of the network's weights (under FSDP, each process's shards of it)."""
+        return self.strategy.ema
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.strategy.optimizer
 
     def ema_state_dict(self, everywhere: bool = False) -> dict[str, torch.Tensor]:
-        """The EMA weights, unsharded (under FSDP a collective: every process calls it; the main process gets them,
-        on its device, and the others an empty dict unless ``everywhere``)."""
-        if self.fsdp:
-            return self.sharded_ema.full_state_dict(self.main or everywhere, to_cpu=False)
-        return self.ema.state_dict()
+        """The EMA weights, whole (under FSDP a collective: every process calls it; the main process gets them, and
+        the others an empty dict unless ``everywhere``)."""
+        return self.strategy.ema_state_dict(everywhere)
 
     def save(self) -> Path | None:
-        """The main process writes the checkpoint (under FSDP every process first helps gather the full tensors);
-        every process waits until it is complete."""
-        path = None
-        if self.fsdp:  # gathered a tensor at a time into the main process's memory; the others keep nothing
-            weights = full_state_dict(self.model.net, self.main)
-            ema = self.sharded_ema.full_state_dict(self.main)
-            optimizer = full_optimizer_state(self.optimizer, self.main)
-        else:
-            weights, ema, optimizer = self.model.net.state_dict(), self.ema.state_dict(), self.optimizer.state_dict()
-        if self.main:
-            training = {"step": self.step, "examples_seen": self.step * self.config.train.batch_size,
-                        "seed": self.config.train.seed, "bad_files": self.bad_files, "processes": self.world,
-                        "sharding": "fsdp" if self.fsdp else "ddp"}
-            path = ckpt.write_checkpoint(self.run_dir, self.step, weights, ema, optimizer, self.config, training,
-                                         keep=self.config.train.keep_checkpoints)
+        """Write a checkpoint (the strategy says who writes what); every process waits until it is complete. Returns
+        it on the main process."""
+        training = {"step": self.step, "examples_seen": self.step * self.config.train.batch_size,
+                    "seed": self.config.train.seed, "bad_files": self.bad_files, "processes": self.world,
+                    "sharding": self.strategy.name}
+        path = self.strategy.save(self.run_dir, self.step, training, keep=self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = ema_decay(self.config, self.step)
-        if self.fsdp:
-            self.sharded_ema.update(decay)
-            return
-        ema_params = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_params, list(self.model.net.parameters()), 1 - decay)
 
     def _to_device(self, micro: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = {k: micro[k].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -402,50 +373,37 @@ class Trainer:
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimisation step over this process's micro-batches; stops the run on a non-finite loss."""
-        cfg = self.config.train
         lr = learning_rate(self.config, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(step_seed(cfg.seed, self.step) + self.rank)  # dropout
-        self.ddp_model.train()
+        self.strategy.set_learning_rate(lr)
+        torch.manual_seed(step_seed(self.config.train.seed, self.step) + self.rank)  # dropout
+        self.strategy.model.train()
         total = torch.zeros((), device=self.device)
         for i, micro in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            # gradients are all-reduced (FSDP: reduce-scattered) once per step, on the last micro-batch
-            if self.fsdp:  # the model is not wrapped by accelerate: autocast the forward pass here, not the backward
-                self.model.net.set_requires_gradient_sync(last)
-                sync, forward = contextlib.nullcontext(), self.accelerator.autocast()
-            else:
-                sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_model)
-                forward = contextlib.nullcontext()  # the prepared model autocasts its forward itself
-            with sync:
-                with forward:
-                    losses = self.ddp_model(**self._to_device(micro))  # each example's loss
-                    loss = losses.mean() / len(micro_batches)
-                self.accelerator.backward(loss)
+            with self.strategy.accumulating(last=i == len(micro_batches) - 1):
+                losses = self.strategy.forward(**self._to_device(micro))  # each example's loss
+                loss = losses.mean() / len(micro_batches)
+                self.strategy.backward(loss)
             total += loss.detach().float()
             if self.main and self.config.task.name == "multi":
                 for name, value in zip(micro.get("task", ()), losses.detach().float().cpu().tolist()):
                     self.task_losses.setdefault(name, []).append(value)
         loss = self.accelerator.reduce(total, reduction="mean") if self.world > 1 else total
         loss_value = loss.item()
-        if not math.isfinite(loss_value):
+        self._check_finite(loss_value)
+        grad_norm = self.strategy.clip_gradients()
+        self.strategy.optimizer_step()
+        self.step += 1
+        self.strategy.update_ema(ema_decay(self.config, self.step))
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            last = ckpt.latest_checkpoint(self.run_dir)
+            last = ckpt.latest_checkpoint(self.run_dir) if self.run_dir is not None else None
             raise PaletteError(
-                f"the loss became {loss_value} at step {self.step}: training stopped. The last good checkpoint is "
+                f"the loss became {loss} at step {self.step}: training stopped. The last good checkpoint is "
                 f"{last if last else '(none written yet)'}; try a lower train.lr or a larger train.warmup_steps"
             )
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        if self.fsdp:  # the norm over all shards
-            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), max_norm))
-        else:
-            grad_norm = self.accelerator.clip_grad_norm_(self.model.net.parameters(), max_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self._update_ema()
-        return {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
 
     def log_task_losses(self, writer) -> None:
         """A multi-task run's mean loss of each task's examples since the last log, as ``train/loss/<task>`` (the
@@ -474,12 +432,12 @@ class Trainer:
                 "training %s on %d process(es) (%s, %s precision, %s): %d images, global batch %d = %d process(es) x "
                 "%d micro-batch(es) of %d, %d steps from step %d, %.2fM parameters",
                 self.config.task.name, self.world, self.device, cfg.mixed_precision,
-                "FSDP" if self.fsdp else "DDP" if self.world > 1 else "one process", len(self.paths), cfg.batch_size,
+                self.strategy.describe(), len(self.paths), cfg.batch_size,
                 self.world, self.accumulation, self.micro_batch, remaining, self.step,
                 sum(p.numel() for p in self.model.net.parameters()) / 1e6,
             )
-        sampler = StepSampler(self.step, remaining, cfg.batch_size, self.rank, self.world)
-        with loader_batches(training_loader(self.dataset, sampler, self.micro_batch,
+        order = StepSampler(self.step, remaining, cfg.batch_size, self.rank, self.world)
+        with loader_batches(training_loader(self.dataset, order, self.micro_batch,
                                             self.config.data.num_workers)) as batches:
             return self._train_steps(batches, remaining)
 
@@ -543,16 +501,16 @@ class Trainer:
         """Sample sheets of the EMA model on fixed examples, one per task: input | samples | ground truth.
 
         Every process calls this: each samples every N-th row of the sheets (a sheet is the same however its rows
-        are shared out, up to rounding), the main process gathers the rows, writes the sheets and returns their paths (the others
-        return [])."""
+        are shared out, up to rounding), the main process gathers the rows, writes the sheets and returns their paths
+        (the others return [])."""
         cfg = self.config.train
-        sampler = PaletteModel(self.config).to(self.device)
-        sampler.net.load_state_dict(self.ema_state_dict(everywhere=True))
-        sampler.eval()
+        ema_model = PaletteModel(self.config).to(self.device)
+        ema_model.net.load_state_dict(self.ema_state_dict(everywhere=True))
+        ema_model.eval()
         rows = training_rows(self.paths, self.config)
-        samples = sample_rows(sampler, rows[self.rank::self.world], cfg.sheet_samples, cfg.seed, None, self.device,
+        samples = sample_rows(ema_model, rows[self.rank::self.world], cfg.sheet_samples, cfg.seed, None, self.device,
                               self.progress, max_batch=self.micro_batch)
-        del sampler
+        del ema_model
         if self.world > 1:
             samples = gather_interleaved(samples, len(rows), main_only=True)
             if not self.main:
@@ -570,5 +528,6 @@ class Trainer:
 
 
 def train(config: Config, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``config`` into ``run_dir`` (continuing its last checkpoint with ``resume``); returns the last checkpoint."""
+    """Train ``config`` into ``run_dir`` (continuing its last checkpoint with ``resume``); returns the last
+    checkpoint."""
     return Trainer(config, run_dir, resume=resume, progress=progress).fit()

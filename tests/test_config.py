@@ -1,0 +1,50 @@
+"""The config dataclasses are the one place a value's type, default and allowed values live."""
+
+import dataclasses
+import typing
+
+import pytest
+
+from palette.cli import build_parser
+from palette.config import Config, allowed, apply_overrides, preset
+from palette.errors import PaletteError
+
+LITERAL_FIELDS = [f"{section.name}.{name}" for section in dataclasses.fields(Config)
+                  if dataclasses.is_dataclass(section.default_factory if section.default_factory
+                                              is not dataclasses.MISSING else None)
+                  for name, hint in typing.get_type_hints(type(getattr(Config(), section.name))).items()
+                  if typing.get_origin(hint) is typing.Literal]
+
+
+def test_the_fields_with_a_fixed_set_of_values_are_found():
+    assert {"train.mixed_precision", "train.sharding", "diffusion.sampler", "diffusion.sample_schedule",
+            "diffusion.loss", "diffusion.objective", "diffusion.parameterization"} <= set(LITERAL_FIELDS)
+
+
+@pytest.mark.parametrize("key", LITERAL_FIELDS)
+def test_every_allowed_value_passes_through_an_override_and_validation(key):
+    for value in allowed(key):  # "no" must stay the text "no", not YAML's false
+        config = apply_overrides(preset("tiny"), [f"{key}={value}"])
+        section, name = key.split(".")
+        assert getattr(getattr(config, section), name) == value
+        if key != "diffusion.parameterization":  # v is for distilled students, which need more settings
+            config.validate()
+
+
+def test_a_value_outside_the_set_is_refused_naming_the_key_and_the_choices():
+    with pytest.raises(PaletteError, match=r"^diffusion.loss must be one of l2, l1, got 'l3'$"):
+        apply_overrides(preset("tiny"), ["diffusion.loss=l3"]).validate()
+
+
+def test_a_text_field_takes_an_override_as_text():
+    config = apply_overrides(preset("tiny"), ["data.path=", "distill.teacher=1e3"])
+    assert config.data.path == "" and config.distill.teacher == "1e3"
+
+
+def test_the_command_line_offers_the_config_s_values():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {a.option_strings[0]: a.choices for a in train._actions if a.option_strings}
+    assert flags["--mixed-precision"] == allowed("train.mixed_precision")
+    assert flags["--sharding"] == allowed("train.sharding")
+    assert flags["--loss"] == allowed("diffusion.loss")
+    assert flags["--objective"] == allowed("diffusion.objective")
