@@ -156,8 +156,9 @@ def main() -> None:
     model = load_model(args.checkpoint, "cpu", use_ema=not args.raw_weights)
     cases = make_cases(model, list_images(args.data), args.images, seed=0)
     tasks = model.config.task.tasks if model.config.task.name == "multi" else (model.config.task.name,)
-    if "uncropping" in tasks:
-        cases["uncropping"] = uncropping_case(cases[next(iter(cases))][2], seed=0)
+    if "uncropping" in tasks:  # every case degrades the same crops: take the truth of any
+        truth = next(iter(cases.values()))[2]
+        cases["uncropping"] = uncropping_case(truth, seed=0)
     lpips = Backbones(args.weights).lpips if args.weights else None
     rows = []
     for task, (x, mask, y) in cases.items():

@@ -9,10 +9,9 @@ from palette.cli import build_parser
 from palette.config import Config, allowed, apply_overrides, preset
 from palette.errors import PaletteError
 
-LITERAL_FIELDS = [f"{section.name}.{name}" for section in dataclasses.fields(Config)
-                  if dataclasses.is_dataclass(section.default_factory if section.default_factory
-                                              is not dataclasses.MISSING else None)
-                  for name, hint in typing.get_type_hints(type(getattr(Config(), section.name))).items()
+SECTIONS = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))]
+LITERAL_FIELDS = [f"{section}.{name}" for section in SECTIONS
+                  for name, hint in typing.get_type_hints(type(getattr(Config(), section))).items()
                   if typing.get_origin(hint) is typing.Literal]
 
 

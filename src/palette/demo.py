@@ -166,7 +166,7 @@ def package_demo_model(run_dir: Path, out_file: Path, commands: Sequence[str]) -
     model = load_model(run_dir, "cpu")
     config = apply_overrides(model.config, [f"diffusion.sampler={DEMO_SAMPLER}",
                                             f"diffusion.sample_steps={DEMO_SAMPLE_STEPS}", "data.path="])
-    step = ckpt.read_weights(ckpt.resolve_weights(run_dir))[1].get("step", "unknown")
+    step = ckpt.read_header(ckpt.resolve_weights(run_dir)).get("step", "unknown")
     photos = sorted(name for name in wheel_photos() if name not in HELD_OUT)
     ckpt.save_weights(out_file, model.net.state_dict(), config, step=step,
                       training_photos=",".join(photos), held_out_photos=",".join(HELD_OUT),
