@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from samplers import make_cases, psnr  # benchmarks/samplers.py: the same held-out crops and PSNR
 
-from palette.data import list_images
+from palette.data_files import list_images
 from palette.metrics import high_frequency_energy
 from palette.sampling import load_model
 

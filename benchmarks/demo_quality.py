@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from samplers import make_cases, psnr  # benchmarks/samplers.py: the same crops and PSNR
 
-from palette.data import list_images
+from palette.data_files import list_images
 from palette.masks import uncrop_mask
 from palette.metrics import Backbones, chroma_distance, high_frequency_energy, ssim
 from palette.sampling import load_model

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from palette.checkpoint import latest_checkpoint
-from palette.data import list_images
+from palette.run_folder import latest_checkpoint
+from palette.data_files import list_images
 from palette.metrics import chroma_distance, high_frequency_energy, ms_ssim
 from palette.sampling import load_model
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from palette.config import apply_overrides, preset
-from palette.data import load_image, random_square_crop
+from palette.crops import random_square_crop
+from palette.data import load_image
 from palette.demo import write_photos
 from palette.diffusion import predict_y0, q_sample
 from palette.model import PaletteModel

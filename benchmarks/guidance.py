@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from palette.data import list_images, load_image, random_square_crop
+from palette.crops import random_square_crop
+from palette.data import load_image
+from palette.data_files import list_images
 from palette.metrics import chroma_distance
 from palette.sampling import load_model
 from palette.tasks import Colorization, jpeg_compress

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from palette.data import list_images, load_image, random_square_crop
+from palette.crops import random_square_crop
+from palette.data import load_image
+from palette.data_files import list_images
 from palette.diffusion import INFERENCE_SCHEDULE, NoiseSchedule
 from palette.masks import center_mask
 from palette.metrics import chroma_distance

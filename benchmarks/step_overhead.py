@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from palette.bench import bench_config, bench_trainer, forward_flops, matmul_peak, synthetic_batch
-from palette.data import sample_rng
+from palette.training_data import sample_rng
 from palette.diffusion import NoiseSchedule, sample_gamma
 from palette.unet import UNet
 

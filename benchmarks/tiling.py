@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from palette.data import list_images, load_image, random_square_crop
-from palette.sampling import load_model, make_condition
+from palette.crops import random_square_crop
+from palette.data import load_image
+from palette.data_files import list_images
+from palette.conditions import make_condition
+from palette.sampling import load_model
 from palette.tiling import tile_starts, tile_weights, window
 
 
@@ -104,7 +107,8 @@ def main() -> None:
     for i in range(args.images):
         image = random_square_crop(load_image(paths[i % len(paths)]), side, rng, scale_min=0.6, flip=False)
         mask = "center" if args.task == "inpainting" else None
-        condition = make_condition(model, args.task, image, np.random.default_rng([0, i]), mask, tile_overlap=overlap)
+        condition = make_condition(model.config.model.image_size, args.task, image, np.random.default_rng([0, i]),
+                                   mask, tile_overlap=overlap)
         if i == 0:  # warm-up: the first network call pays for allocations
             model.sample(condition.x[None, :, :tile, :tile], steps=1, sampler=args.sampler)
         started = time.perf_counter()

@@ -6,6 +6,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -110,7 +111,7 @@ def random_weights_dir(tmp_path_factory) -> Path:
 
 def hold_run_lock(run_dir: Path) -> subprocess.Popen:
     """Another process that takes ``run_dir``'s lock, says so, and keeps it until its stdin closes or it is killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from palette.checkpoint import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from palette.run_folder import RunLock; "
                                "lock = RunLock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
                                str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -215,3 +216,33 @@ def sheet_size(columns: int, rows: int, tile: int = 128) -> tuple[int, int]:
     gaps around each tile; a sheet scales images smaller than 128 pixels up to 128."""
     gap, header = 4, 16
     return gap + columns * (tile + gap), header + gap + rows * (tile + gap)
+
+
+def start_server(command: list[str], ready: str, log: Path, timeout: float, env: dict | None = None
+                 ) -> subprocess.Popen:
+    """Start the server ``command`` and return once it prints a line holding ``ready`` (the line it prints once it
+    takes connections), woken by that line: no polling, no fixed sleep. A thread copies its output to ``log`` as it
+    comes, so the pipe never fills. Fails with that output if the process exits first, or after ``timeout`` seconds:
+    generous, for a loaded 2-core machine; a passing test never waits for it."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
+    announced, settled = threading.Event(), threading.Event()  # settled: announced, or the output ended
+
+    def copy_output():
+        with open(log, "ab") as out:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                if ready.encode() in line:
+                    announced.set()
+                    settled.set()
+        settled.set()
+
+    threading.Thread(target=copy_output, daemon=True).start()
+    name = " ".join(map(str, command))
+    if not settled.wait(timeout):
+        proc.kill()
+        raise RuntimeError(f"{name} did not say {ready!r} in {timeout:.0f} s:\n{log.read_text()}")
+    if not announced.is_set():
+        raise RuntimeError(f"{name} exited (code {proc.wait()}) before saying {ready!r}:\n{log.read_text()}")
+    return proc

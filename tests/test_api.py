@@ -73,11 +73,11 @@ def test_progress_reaches_the_total(palette, photo):
 
 @pytest.mark.parametrize("call,match", [
     (lambda p, img: p.inpaint(img, np.zeros((5, 5), bool)), "mask is 5x5 but the image is 48x40"),
-    (lambda p, img: p(img, "deblur"), "unknown task 'deblur'"),
-    (lambda p, img: p.inpaint(img, None), "needs a mask"),
+    (lambda p, img: p(img, "deblur"), "task 'deblur' is unknown"),
+    (lambda p, img: p.inpaint(img, None), "mask is needed for inpainting"),
     (lambda p, img: p.colorize(img, num_samples=0), "num_samples must be at least 1"),
     (lambda p, img: p.colorize(img, steps=0), "steps must be between 1"),
-    (lambda p, img: p.colorize(img, sampler="euler"), "unknown"),
+    (lambda p, img: p.colorize(img, sampler="euler"), "sampler must be one of"),
     (lambda p, img: p.colorize("not an image object".encode()), "expected a PIL image"),
     (lambda p, img: p.super_resolve(img, factor=3), "factor must be 2 or 4"),
 ])
@@ -93,12 +93,13 @@ def test_an_unloadable_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_a_thin_stroke_on_a_large_image_is_still_generated(palette):
-    from palette.sampling import make_condition
+    from palette.conditions import make_condition
 
     image = torch.rand(3, 256, 256)
     mask = np.zeros((256, 256), bool)
     mask[:, 100] = True  # one pixel wide: 1/16 of a model pixel of the 16px model
-    condition = make_condition(palette.model, "inpainting", image, np.random.default_rng(0), mask)
+    size = palette.model.config.model.image_size
+    condition = make_condition(size, "inpainting", image, np.random.default_rng(0), mask)
     assert condition.mask[0, :, 100 * 16 // 256].all()
     out = palette.inpaint(image, mask, steps=2, output="tensor")[0]
     torch.testing.assert_close(out[:, ~torch.from_numpy(mask)], image[:, ~torch.from_numpy(mask)], atol=1 / 255, rtol=0)

@@ -7,7 +7,7 @@ import torch
 from conftest import micro_config
 
 from palette.bench import bench_trainer, run_bench, synthetic_batch
-from palette.data import StepSampler, TrainingData, training_loader
+from palette.training_data import StepSampler, TrainingData, training_loader
 from palette.errors import PaletteError
 from palette.train import Trainer
 

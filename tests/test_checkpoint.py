@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from palette import checkpoint as ckpt
+from palette import checkpoint as ckpt, run_folder
 from palette.errors import PaletteError
 from palette.model import PaletteModel
 from palette.sampling import load_model
@@ -24,7 +24,7 @@ def _write(run, step, config, fail=None):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.net(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), torch.ones(1)).sum().backward()
     opt.step()
-    return model, opt, ckpt.write_checkpoint(run, step, model.net.state_dict(), model.net.state_dict(),
+    return model, opt, run_folder.write_checkpoint(run, step, model.net.state_dict(), model.net.state_dict(),
                                              opt.state_dict(), config, {"step": step})
 
 
@@ -35,7 +35,7 @@ def test_round_trip_keeps_weights_config_and_optimizer(tmp_path):
     assert ckpt.config_of(meta, folder) == config and meta["step"] == "7"
     for k, v in model.net.state_dict().items():
         assert torch.equal(tensors[k], v)
-    optimizer, training = ckpt.read_training_state(folder)
+    optimizer, training = run_folder.read_training_state(folder)
     assert training == {"step": 7}
     fresh = torch.optim.Adam(PaletteModel(config).parameters(), lr=1e-3)
     fresh.load_state_dict(optimizer)
@@ -80,9 +80,32 @@ def test_a_write_that_dies_midway_leaves_the_last_checkpoint_loadable(tmp_path, 
         _write(tmp_path, 2, config)
     monkeypatch.setattr(ckpt, "save_file", real)
     assert calls["n"] == 1
-    assert ckpt.latest_checkpoint(tmp_path) == good
+    assert run_folder.latest_checkpoint(tmp_path) == good
     assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []
     load_model(tmp_path, "cpu")
+
+
+def test_every_file_of_a_checkpoint_is_on_disk_before_its_folder_is_renamed(tmp_path, monkeypatch):
+    # a crash right after the rename must not leave a complete-looking folder with a file still in the page cache;
+    # files are identified by inode, which a rename keeps
+    synced, synced_at_rename = set(), {}
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        synced.add(os.fstat(fd).st_ino)
+        return real_fsync(fd)
+
+    def recording_replace(source, target, *args, **kwargs):
+        synced_at_rename[os.path.basename(target)] = set(synced)
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    _, _, folder = _write(tmp_path, 3, micro_config())
+    files = {path.name: path.stat().st_ino for path in folder.iterdir()}
+    assert set(files) == {"model.safetensors", "ema.safetensors", run_folder.STATE_FILE}
+    unsynced = [name for name, inode in files.items() if inode not in synced_at_rename[folder.name]]
+    assert unsynced == []
 
 
 def test_loading_never_unpickles(tmp_path, monkeypatch):
@@ -96,7 +119,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     load_model(tmp_path, "cpu")
-    ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path))
+    run_folder.read_training_state(run_folder.latest_checkpoint(tmp_path))
 
 
 def test_a_pickle_file_is_refused_with_a_clear_error(tmp_path):
@@ -122,7 +145,7 @@ def test_a_latest_pointer_out_of_the_run_is_refused_not_followed(tmp_path):
     with pytest.raises(PaletteError, match="latest points to '../../other-run/checkpoints/step-000000005'"):
         load_model(tmp_path / "run", "cpu")
     with pytest.raises(PaletteError, match="must stay inside the run"):
-        ckpt.latest_checkpoint(tmp_path / "run")
+        run_folder.latest_checkpoint(tmp_path / "run")
 
 
 def test_a_step_folder_that_links_out_of_the_run_is_not_a_checkpoint_of_it(tmp_path):
@@ -131,7 +154,7 @@ def test_a_step_folder_that_links_out_of_the_run_is_not_a_checkpoint_of_it(tmp_p
     _, _, own = _write(tmp_path / "run", 1, config)
     (tmp_path / "run" / "checkpoints" / "latest").unlink()
     (tmp_path / "run" / "checkpoints" / "step-000000009").symlink_to(elsewhere)  # newer by name, but not this run's
-    assert ckpt.latest_checkpoint(tmp_path / "run") == own
+    assert run_folder.latest_checkpoint(tmp_path / "run") == own
 
 
 def test_weights_holding_nan_are_refused_naming_the_tensor(tmp_path):
@@ -140,7 +163,7 @@ def test_weights_holding_nan_are_refused_naming_the_tensor(tmp_path):
     weights = model.net.state_dict()
     name = sorted(weights)[len(weights) // 2]
     weights[name].view(-1)[0] = float("nan")
-    ckpt.write_checkpoint(tmp_path, 1, weights, weights, {"state": {}, "param_groups": []}, config, {"step": 1})
+    run_folder.write_checkpoint(tmp_path, 1, weights, weights, {"state": {}, "param_groups": []}, config, {"step": 1})
     with pytest.raises(PaletteError, match=f"tensor {name} holds NaN or infinite values"):
         load_model(tmp_path, "cpu")
 
@@ -156,7 +179,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     with pytest.raises(PaletteError, match=r"cannot write checkpoint .*step-000000002 \(No space left on device\); "
                                            r"the previous checkpoint step-000000001 is intact"):
         _write(tmp_path, 2, config)
-    assert ckpt.latest_checkpoint(tmp_path) == good
+    assert run_folder.latest_checkpoint(tmp_path) == good
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000000001"]
 
 
@@ -166,19 +189,19 @@ def test_a_run_folder_held_by_another_process_is_refused_with_its_holder(tmp_pat
     try:
         with pytest.raises(PaletteError, match=f"in use by another palette train \\(pid {holder.pid} on "
                                                f"{socket.gethostname()} since "):
-            ckpt.RunLock(tmp_path)
+            run_folder.RunLock(tmp_path)
     finally:
         release(holder)  # SIGKILL
-    with ckpt.RunLock(tmp_path):  # a holder that died, even by SIGKILL, leaves nothing that blocks
+    with run_folder.RunLock(tmp_path):  # a holder that died, even by SIGKILL, leaves nothing that blocks
         assert (tmp_path / "lock").read_text().startswith(f"pid {os.getpid()} on ")
 
 
 @pytest.mark.integration
 def test_the_holder_may_take_its_lock_again_and_lets_go_with_the_last_release(tmp_path):
-    first = ckpt.RunLock(tmp_path)
-    second = ckpt.RunLock(tmp_path)  # the command line, then the trainer
+    first = run_folder.RunLock(tmp_path)
+    second = run_folder.RunLock(tmp_path)  # the command line, then the trainer
     first.release()
-    probe = [sys.executable, "-c", "import sys; from palette.checkpoint import RunLock; RunLock(sys.argv[1])",
+    probe = [sys.executable, "-c", "import sys; from palette.run_folder import RunLock; RunLock(sys.argv[1])",
              str(tmp_path)]
     assert subprocess.run(probe, capture_output=True).returncode != 0  # still held
     second.release()
@@ -193,7 +216,7 @@ def test_shards_that_do_not_cover_a_tensor_are_refused_not_filled_with_garbage(t
     from palette.sharding import whole_from_shards
 
     # the second half (rows 2-3) of a 4x3 tensor, as process 2 of 2 writes it; the first half's file is gone
-    shards = tmp_path / "step-000000002" / ckpt.SHARDS
+    shards = tmp_path / "step-000000002" / run_folder.SHARDS
     shards.mkdir(parents=True)
     save_file({"model.w": torch.ones(2, 3)}, str(shards / "shard-00002-model-00001-of-00001.safetensors"),
               metadata={"DCP_SHARDING_INFO": json.dumps({"model.w": {"saved_offsets": [2, 0]}}), "DCP_VERSION": "1.0",

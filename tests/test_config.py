@@ -7,7 +7,7 @@ import pytest
 
 from palette.cli import build_parser
 from palette.config import Config, allowed, apply_overrides, preset
-from palette.errors import PaletteError
+from palette.errors import ArgumentError, PaletteError
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))]
 LITERAL_FIELDS = [f"{section}.{name}" for section in SECTIONS
@@ -47,3 +47,23 @@ def test_the_command_line_offers_the_config_s_values():
     assert flags["--sharding"] == allowed("train.sharding")
     assert flags["--loss"] == allowed("diffusion.loss")
     assert flags["--objective"] == allowed("diffusion.objective")
+
+
+@pytest.mark.parametrize("key, value, rule", [
+    ("model.image_size", 0, "positive"),
+    ("train.time_limit_minutes", -1.5, "0 (no limit) or more"),
+    ("data.num_workers", -1, "0 (load in the training process) or more"),
+    ("train.batch_size", 0, "at least 1"),
+])
+def test_a_number_out_of_range_is_refused_naming_its_config_field(key, value, rule):
+    # the library speaks of config fields; only the command line turns them into its flags
+    with pytest.raises(ArgumentError) as refused:
+        apply_overrides(preset("tiny"), [f"{key}={value}"]).validate()
+    assert refused.value.argument == key
+    assert str(refused.value) == f"{key} must be {rule}, got {value}"
+
+
+def test_an_override_of_the_wrong_type_is_refused_naming_its_config_field():
+    with pytest.raises(ArgumentError, match=r"^train.steps must be a int, got 'many'$") as refused:
+        apply_overrides(preset("tiny"), ["train.steps=many"])
+    assert refused.value.argument == "train.steps"

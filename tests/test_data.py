@@ -7,10 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from palette.data import (
-    TrainingData, list_images, load_image, random_square_crop, sample_rng, scan_images,
-)
-from palette.errors import PaletteError
+from palette.crops import random_square_crop
+from palette.data import load_image
+from palette.data_files import list_images
+from palette.data_scan import scan_images
+from palette.training_data import TrainingData, sample_rng
+from palette.errors import ArgumentError, PaletteError
 from palette.tasks import make_task
 
 
@@ -33,16 +35,18 @@ def test_list_files_name_images_relative_to_the_list(tmp_path):
 @pytest.mark.parametrize("kind", ["missing", "empty"])
 def test_missing_or_empty_data_is_a_clear_error(tmp_path, kind):
     target = tmp_path / "nothing" if kind == "missing" else tmp_path
-    with pytest.raises(PaletteError, match="--data"):
+    with pytest.raises(ArgumentError, match="data.path") as error:
         list_images(target)
+    assert error.value.argument == "data.path"
 
 
 @pytest.mark.parametrize("path", ["", None])
 def test_no_data_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, path):
     Image.new("RGB", (4, 4)).save(tmp_path / "stray.png")  # what the current folder would have given
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(PaletteError, match="no data given: pass --data"):
+    with pytest.raises(ArgumentError, match="data.path is not set") as error:
         list_images(path)
+    assert error.value.argument == "data.path"
 
 
 def test_sixteen_bit_gray_png_keeps_its_precision(tmp_path):

@@ -87,7 +87,7 @@ def test_a_photo_larger_than_the_model_is_coloured_on_its_own_full_resolution_de
 
 
 def test_the_packaged_model_has_no_raw_weights_to_give():
-    with pytest.raises(PaletteError, match="holds its EMA weights only; drop --no-ema"):
+    with pytest.raises(PaletteError, match="^use_ema: the packaged demo model palette:demo holds its EMA weights only$"):
         resolve_weights(DEMO_CHECKPOINT, use_ema=False)
 
 

@@ -172,14 +172,14 @@ def test_a_student_keeps_its_teacher_s_network_and_trains_as_salimans_and_ho():
         student_config(teacher, "t.safetensors", 4, 100, ["model.base_channels=16"])
 
 
-def test_bad_teachers_are_refused_naming_the_flag(student_dir, tmp_path):
+def test_bad_teachers_are_refused_naming_the_argument(student_dir, tmp_path):
     from palette.distill import distill
 
-    with pytest.raises(PaletteError, match="--teacher .*nothing-here: no such file"):
+    with pytest.raises(PaletteError, match="^teacher .*nothing-here: no such file"):
         distill(tmp_path / "nothing-here", tmp_path / "out", 4, 1, 1)
-    with pytest.raises(PaletteError, match="samples in 1 steps: pass --from-steps 1"):
+    with pytest.raises(PaletteError, match="^from_steps 4: the teacher .* samples in 1 steps: pass 1$"):
         distill(student_dir, tmp_path / "out", 4, 1, 1)  # a 1-step student is not a 4-step teacher
-    with pytest.raises(PaletteError, match="--method"):
+    with pytest.raises(PaletteError, match="^method 'consistency' is unknown"):
         distill(student_dir, tmp_path / "out", 2, 1, 1, method="consistency")
 
 
@@ -188,7 +188,7 @@ def test_rounds_halve_the_steps_down_to_the_last_student():
     assert round_steps(24, 3) == [12, 6, 3]
     with pytest.raises(PaletteError, match="times a power of two"):
         round_steps(48, 5)
-    with pytest.raises(PaletteError, match="more than --to-steps"):
+    with pytest.raises(PaletteError, match="^from_steps 4 must be more than to_steps"):
         round_steps(4, 4)
 
 
@@ -198,7 +198,7 @@ def test_a_student_config_samples_with_ddim_in_its_steps_only():
     assert (config.diffusion.sampler, config.diffusion.sample_steps, config.diffusion.parameterization) == \
         ("ddim", 4, "v")
     for change in ("diffusion.sampler=ancestral", "diffusion.sample_steps=8", "diffusion.parameterization=eps"):
-        with pytest.raises(PaletteError, match="distill.steps=4"):
+        with pytest.raises(PaletteError, match="^distill.steps 4 is a student"):
             apply_overrides(config, [change]).validate()
     model = PaletteModel(config).eval()
     with pytest.raises(ValueError, match="sample it with steps 4"):
@@ -235,7 +235,8 @@ def test_a_v_model_trains_on_the_v_target():
 
 @pytest.mark.slow
 def test_palette_distill_trains_students_that_sample_through_the_cli(trained_run, photo_dir, tmp_path, capsys):
-    from palette.checkpoint import config_of, latest_checkpoint, read_weights, resolve_weights
+    from palette.checkpoint import config_of, read_weights, resolve_weights
+    from palette.run_folder import latest_checkpoint
     from palette.cli import main
     from palette.config import Config
 
@@ -290,7 +291,7 @@ def test_a_round_stopped_by_its_time_limit_resumes_where_it_stopped(trained_run,
 
 
 def _trained_steps(run) -> int:
-    from palette.checkpoint import latest_checkpoint, read_training_state
+    from palette.run_folder import latest_checkpoint, read_training_state
 
     return read_training_state(latest_checkpoint(run))[1]["step"]
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import ANNOUNCING_PALETTE, MICRO, announced
 
-from palette import checkpoint as ckpt
+from palette import checkpoint as ckpt, run_folder
 from palette.cli import main
 from palette.errors import PaletteError
 from palette.sampling import load_model
 from palette.sharding import whole_from_shards
-from palette.train import batch_layout
+from palette.training_schedule import batch_layout
 
 TRAIN = ["--task", "inpainting", "--preset", "tiny", "--device", "cpu", "--batch-size", "4", "--no-progress"]
 # The paper's learning rate. Parameters are compared after Adam, which divides each gradient by its running RMS: in
@@ -65,9 +65,9 @@ def _kill_tree(proc) -> None:
 
 def _weights(run):
     """The trained weights of a run's latest checkpoint, whole (assembled from the shards of a sharded one)."""
-    latest = ckpt.latest_checkpoint(run)
-    if ckpt.is_sharded(latest):
-        return whole_from_shards(latest / ckpt.SHARDS, "model")
+    latest = run_folder.latest_checkpoint(run)
+    if run_folder.is_sharded(latest):
+        return whole_from_shards(latest / run_folder.SHARDS, "model")
     return ckpt.read_weights(latest / "model.safetensors")[0]
 
 
@@ -76,6 +76,18 @@ def _assert_same_weights(a, b, tol=1e-5):
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < tol, worst
+
+
+def test_an_argument_error_reaches_the_other_processes_whole():
+    # the main process's listing error is broadcast, pickled, to every process (Trainer._scan)
+    import pickle
+
+    from palette.errors import ArgumentError
+
+    sent = ArgumentError("data.path", "/photos: the folder holds no images")
+    received = pickle.loads(pickle.dumps(sent))
+    assert type(received) is ArgumentError and (received.argument, received.problem) == ("data.path", sent.problem)
+    assert str(received) == "data.path /photos: the folder holds no images"
 
 
 def test_batch_layout_splits_the_global_batch_into_equal_micro_batches():
@@ -201,8 +213,8 @@ def test_two_nodes_joined_by_the_launcher_train_the_same_parameters_as_one_proce
 
 
 def _assert_same_ema(a, b, tol):
-    ea = ckpt.read_weights(ckpt.latest_checkpoint(a) / "ema.safetensors")[0]
-    eb = ckpt.read_weights(ckpt.latest_checkpoint(b) / "ema.safetensors")[0]
+    ea = ckpt.read_weights(run_folder.latest_checkpoint(a) / "ema.safetensors")[0]
+    eb = ckpt.read_weights(run_folder.latest_checkpoint(b) / "ema.safetensors")[0]
     assert ea.keys() == eb.keys()
     worst = max((ea[k] - eb[k]).abs().max().item() for k in ea)
     assert worst < tol, worst
@@ -217,7 +229,7 @@ def test_fsdp_on_two_processes_trains_the_same_parameters_as_one(photo_dir, tmp_
     assert main(["train", *args, "--out", str(tmp_path / "one"), *EXACT]) == 0
     log = (tmp_path / "fsdp" / "train.log").read_text()
     assert "on 2 process(es)" in log and "FSDP" in log and "2 micro-batch(es) of 1" in log
-    assert ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / "fsdp"))[1]["sharding"] == "fsdp"
+    assert run_folder.read_training_state(run_folder.latest_checkpoint(tmp_path / "fsdp"))[1]["sharding"] == "fsdp"
     _assert_same_weights(tmp_path / "fsdp", tmp_path / "one")
     _assert_same_ema(tmp_path / "fsdp", tmp_path / "one", 1e-5)
 
@@ -240,9 +252,9 @@ def test_an_fsdp_checkpoint_is_written_in_shards_and_resumes_on_two_or_one_proce
     args = [*TRAIN, "--data", str(photo_dir), "--sharding", "fsdp"]
     two, one = tmp_path / "two", tmp_path / "one"
     shutil.copytree(fsdp_run, two)
-    latest = ckpt.latest_checkpoint(two)
+    latest = run_folder.latest_checkpoint(two)
     # each process wrote its own file, holding its half of every sharded tensor (rows split over the processes)
-    files = sorted((latest / ckpt.SHARDS).iterdir())
+    files = sorted((latest / run_folder.SHARDS).iterdir())
     assert [f.name for f in files] == [f"shard-0000{r}-model-00001-of-00001.safetensors" for r in (1, 2)]
     assert not (latest / "model.safetensors").exists()
     whole = ckpt.read_weights(latest / "ema.safetensors")[0]  # what a sampler loads stays one whole file
@@ -286,8 +298,8 @@ def test_a_sharded_checkpoint_that_lost_a_process_file_is_refused_not_half_resto
                                                                                      capsys):
     run = tmp_path / "run"
     shutil.copytree(fsdp_run, run)
-    latest = ckpt.latest_checkpoint(run)
-    next((latest / ckpt.SHARDS).glob("shard-00001-*")).unlink()  # the first process's half of every tensor
+    latest = run_folder.latest_checkpoint(run)
+    next((latest / run_folder.SHARDS).glob("shard-00001-*")).unlink()  # the first process's half of every tensor
     refused = f"checkpoint {latest} is incomplete: shards/shard-00001-* missing (it was written by 2 processes"
 
     assert _resume(run, photo_dir) == 2
@@ -298,7 +310,7 @@ def test_a_sharded_checkpoint_that_lost_a_process_file_is_refused_not_half_resto
     assert not (tmp_path / "trained.safetensors").exists()
     # a folder that ``latest`` does not name is passed over for the newest complete one, as a half-written one is
     (run / "checkpoints" / "latest").unlink()
-    assert ckpt.latest_checkpoint(run) == run / "checkpoints" / "step-000000001"
+    assert run_folder.latest_checkpoint(run) == run / "checkpoints" / "step-000000001"
 
 
 @pytest.mark.integration
@@ -309,7 +321,7 @@ def test_a_sharded_checkpoint_holding_nan_is_refused_on_resume_naming_the_tensor
 
     run = tmp_path / "run"
     shutil.copytree(fsdp_run, run)
-    shard = next((ckpt.latest_checkpoint(run) / ckpt.SHARDS).glob("shard-00002-*"))
+    shard = next((run_folder.latest_checkpoint(run) / run_folder.SHARDS).glob("shard-00002-*"))
     with safe_open(str(shard), framework="pt") as f:
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     name = next(k for k in tensors if k.startswith("model.") and tensors[k].numel())
@@ -322,7 +334,7 @@ def test_a_sharded_checkpoint_holding_nan_is_refused_on_resume_naming_the_tensor
 
 @pytest.mark.integration
 def test_the_trained_weights_of_a_sharded_run_are_sampled_through_palette_export(fsdp_run):
-    latest = ckpt.latest_checkpoint(fsdp_run)
+    latest = run_folder.latest_checkpoint(fsdp_run)
     assert ckpt.resolve_weights(fsdp_run) == latest / "ema.safetensors"  # the whole EMA, as for any run
     for source in (fsdp_run, latest):
         with pytest.raises(PaletteError) as refused:
@@ -364,14 +376,14 @@ def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp
         events.wait_for(lambda lines: announced(lines, "checkpoint") >= 2, "second checkpoint", proc)
     finally:
         _kill_tree(proc)
-    killed_at = int(ckpt.latest_checkpoint(run).name.split("-")[1])
-    assert ckpt.read_training_state(ckpt.latest_checkpoint(run))[1]["processes"] == 2
+    killed_at = int(run_folder.latest_checkpoint(run).name.split("-")[1])
+    assert run_folder.read_training_state(run_folder.latest_checkpoint(run))[1]["processes"] == 2
     end = str(killed_at + 3)
     assert main(["train", *args, "--steps", end, "--out", str(run), "--resume", *EXACT]) == 0
-    assert ckpt.latest_checkpoint(run).name == f"step-{int(end):09d}"
+    assert run_folder.latest_checkpoint(run).name == f"step-{int(end):09d}"
     assert main(["train", *args, "--steps", end, "--out", str(tmp_path / "whole"), *EXACT]) == 0
     _assert_same_weights(run, tmp_path / "whole", tol=1e-4)
-    ema = ckpt.read_weights(ckpt.latest_checkpoint(run) / "ema.safetensors")[0]
+    ema = ckpt.read_weights(run_folder.latest_checkpoint(run) / "ema.safetensors")[0]
     loaded = load_model(run, "cpu").net.state_dict()  # what a user samples: the resumed run's EMA weights
     assert loaded.keys() == ema.keys() and all(torch.equal(loaded[k], ema[k]) for k in ema)
 
@@ -398,8 +410,8 @@ def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoi
         raise
     stopped = re.search(r"stopped because another process received a stop signal at step (\d+)", log.read_text())
     assert stopped, log.read_text()[-2000:]
-    latest = ckpt.latest_checkpoint(run)
-    assert latest is not None and ckpt.read_training_state(latest)[1]["step"] == int(stopped.group(1)) >= 1
+    latest = run_folder.latest_checkpoint(run)
+    assert latest is not None and run_folder.read_training_state(latest)[1]["step"] == int(stopped.group(1)) >= 1
     lines = events.read()
     assert announced(lines, rank=0) == announced(lines, rank=1) == int(stopped.group(1))  # the same step
 
@@ -454,7 +466,7 @@ def test_bf16_mixed_precision_trains_on_cpu_and_fp16_asks_for_a_gpu(photo_dir, t
         assert main(["train", *args, "--mixed-precision", "fp16", "--out", str(tmp_path / "fp16"), *EXACT]) == 2
         assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
     assert main(["train", *args, "--low-precision-norm", "--out", str(tmp_path / "norm"), *EXACT]) == 2
-    assert "--low-precision-norm (train.low_precision_norm) needs --mixed-precision" in capsys.readouterr().err
+    assert "--low-precision-norm needs train.mixed_precision bf16 or fp16" in capsys.readouterr().err
 
 
 def test_bench_reports_throughput_and_fraction_of_peak(capsys, tmp_path):
@@ -498,7 +510,7 @@ def test_bench_low_precision_norm_under_bf16(capsys):
     assert "bf16 GroupNorm" in capsys.readouterr().out
     assert main(["bench", "--preset", "tiny", "--device", "cpu", "--seconds", "0.05", "--low-precision-norm",
                  *MICRO]) == 2
-    assert "--low-precision-norm needs --mixed-precision" in capsys.readouterr().err
+    assert "--low-precision-norm needs train.mixed_precision bf16 or fp16" in capsys.readouterr().err
 
 
 def test_channels_last_auto_means_cpu_only_and_true_false_force_it():
@@ -581,7 +593,7 @@ def test_a_launched_process_refuses_a_device_that_names_one_gpu_and_training_ign
     monkeypatch.setenv("WORLD_SIZE", "2")
     for fine in ("auto", "cuda", "cpu"):
         check_launched_device(fine)
-    with pytest.raises(PaletteError, match=r"--device cuda:1 names one GPU, but this is process 0 of 2"):
+    with pytest.raises(PaletteError, match=r"^device cuda:1 names one GPU, but this is process 0 of 2"):
         check_launched_device("cuda:1")
     with caplog.at_level(logging.WARNING):  # a run started on cuda:1 resumes on several processes
         check_launched_device("cuda:1", strict=False)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from palette import evaluate
+from palette import eval_files, evaluate
 from palette import protocols
 from palette.cli import main
 from palette.data import load_image
-from palette.errors import PaletteError
+from palette.errors import ArgumentError, PaletteError
 from palette.sampling import load_model
 
 
@@ -100,7 +100,7 @@ def test_metrics_refuse_to_run_before_every_shard_is_done(trained_run, listing, 
 def test_reference_statistics_are_cached_and_checked(evaluated, trained_run, listing, random_weights_dir, tmp_path):
     stats = evaluated / "reference_stats.safetensors"
     assert stats.is_file()
-    cached, meta = evaluate.load_stats(stats)
+    cached, meta = eval_files.load_stats(stats)
     assert cached.n == 4 and meta["image_size"] == "16"
     first = json.loads((evaluated / "metrics.json").read_text())
     out = tmp_path / "again"
@@ -108,7 +108,7 @@ def test_reference_statistics_are_cached_and_checked(evaluated, trained_run, lis
                  "--metrics", "fid") == 0
     assert json.loads((out / "metrics.json").read_text())["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"])
 
-    evaluate.save_stats(tmp_path / "other.safetensors", cached, {**meta, "image_size": 32})
+    eval_files.save_stats(tmp_path / "other.safetensors", cached, {**meta, "image_size": 32})
     model = load_model(trained_run, "cpu")
     options = evaluate.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",),
                             reference_stats=tmp_path / "other.safetensors")
@@ -137,11 +137,32 @@ def test_eval_runs_for_every_task(task, condition, trained_run, listing, random_
 
 def test_eval_errors_are_clear(trained_run, listing, random_weights_dir, tmp_path, capsys):
     assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--metrics", "fid,bogus") == 2
-    assert "unknown bogus" in capsys.readouterr().err
+    assert "--metrics: unknown bogus" in capsys.readouterr().err
     assert _eval(tmp_path, trained_run, listing, tmp_path / "no-weights", "--metrics", "fid") == 2
-    assert "palette weights download inception-v3-compat" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--weights-dir {tmp_path / 'no-weights'}: the inception-v3-compat weights are missing" in err
+    assert "palette weights download inception-v3-compat" in err
     assert _eval(tmp_path, trained_run, listing, random_weights_dir, "--shard", "2/2") == 2
     assert "--shard 2/2" in capsys.readouterr().err
+
+
+def test_a_mask_file_needs_its_category():
+    options = evaluate.EvalOptions(task="inpainting", mask_file=Path("masks.npz"))
+    with pytest.raises(ArgumentError) as err:
+        evaluate.MaskSource(options, 16, 1)
+    assert err.value.argument == "mask_category" and "--" not in str(err.value)
+
+
+def test_a_reference_with_missing_images_is_refused_naming_the_reference(evaluated, trained_run, listing, photo_dir,
+                                                                         random_weights_dir, tmp_path):
+    reference = tmp_path / "reference.txt"
+    reference.write_text(f"{photo_dir / 'coffee.png'}\n{tmp_path / 'gone.png'}\n")
+    options = evaluate.EvalOptions(task="inpainting", num_samples=2, weights_dir=random_weights_dir, metrics=("fid",),
+                                   reference=reference)
+    size = load_model(trained_run, "cpu").config.model.image_size
+    with pytest.raises(ArgumentError, match="1 of 2 images of the FID reference are missing") as err:
+        evaluate.compute_metrics(protocols.folder_or_list(listing), options, evaluated, size, 3, progress=False)
+    assert err.value.argument == "reference" and str(reference) in str(err.value)
 
 
 @pytest.mark.parametrize("task", ["colorization", "sr-x4", "deblurring", "denoising", "jpeg"])

@@ -11,7 +11,8 @@ from torch import nn
 
 from palette import Palette, PaletteError
 from palette.cli import main
-from palette.data import TrainingData, list_images
+from palette.data_files import list_images
+from palette.training_data import TrainingData
 from palette.diffusion import TRAINING_SCHEDULE, NoiseSchedule, guided
 from palette.evaluate import check_manifest
 from palette.model import PaletteModel

@@ -20,7 +20,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from palette import checkpoint as ckpt
+from palette import run_folder
 from palette.distributed import OTHER_LAUNCHERS
 
 from conftest import MICRO, hold_run_lock, micro_config, release
@@ -130,12 +130,13 @@ def hold_the_lock(run: Path, stack) -> dict[str, str]:
 def point_latest_out_of_the_run(run: Path, stack) -> dict[str, str]:
     other = run.parent / "other-run"
     shutil.copytree(run, other)
-    (run / "checkpoints" / "latest").write_text(f"../../other-run/checkpoints/{ckpt.latest_checkpoint(other).name}")
+    outside = run_folder.latest_checkpoint(other).name
+    (run / "checkpoints" / "latest").write_text(f"../../other-run/checkpoints/{outside}")
     return {}
 
 
 def put_nan_in_the_weights(run: Path, stack) -> dict[str, str]:
-    weights = ckpt.latest_checkpoint(run) / "model.safetensors"
+    weights = run_folder.latest_checkpoint(run) / "model.safetensors"
     with safe_open(str(weights), framework="pt") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     name = sorted(tensors)[len(tensors) // 2]
@@ -154,7 +155,7 @@ def _assert_nothing_lost_or_overwritten(before: dict[str, bytes], after: dict[st
         assert name in after, f"{name} was removed"
         if name == "train.log":
             assert after[name].startswith(content), "train.log was rewritten"
-        elif name != ckpt.LOCK_FILE:
+        elif name != run_folder.LOCK_FILE:
             assert after[name] == content, f"{name} was overwritten"
 
 
@@ -196,7 +197,7 @@ def _alone(environ) -> dict[str, str]:
 
 def test_an_absolute_path_of_a_list_is_reported_as_given(tmp_path, photo_dir):
     """Paths of a list are looked for as given, then below the list's folder; one found nowhere keeps its own name."""
-    from palette.data import list_images
+    from palette.data_files import list_images
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"{ABSENT}\nrelative/missing.png\n")

@@ -22,9 +22,10 @@ from PIL import Image
 
 from palette import Palette, PaletteError
 from palette.cli import main
-from palette.data import scan_images
+from palette.data_scan import scan_images
 from palette.imagefile import PNG_SIGNATURE, PixelLimitError, probe, read_image, read_png16
-from palette.sampling import MAX_SEED, output_stems
+from palette.sampling import output_stems
+from palette.sampling_options import MAX_SEED
 
 # ---- files that claim a size they do not hold --------------------------------------------------------------------
 
@@ -501,7 +502,7 @@ def test_stop_ends_a_request_at_the_next_network_evaluation(web_model, photo_dir
 
 
 def test_shard_jobs_racing_to_write_the_manifest_keep_the_first_and_compare_with_it(tmp_path, monkeypatch):
-    from palette import evaluate
+    from palette import eval_files, evaluate
 
     real_link = os.link
 
@@ -512,5 +513,5 @@ def test_shard_jobs_racing_to_write_the_manifest_keep_the_first_and_compare_with
     monkeypatch.setattr(os, "link", another_job_first)
     reason = evaluate.check_manifest(tmp_path, {"seed": 0})
     assert "seed 1 there, 0 now" in reason
-    assert json.loads((tmp_path / "samples" / evaluate.MANIFEST).read_text()) == {"seed": 1}
-    assert [p.name for p in (tmp_path / "samples").iterdir()] == [evaluate.MANIFEST]  # no temporary file left
+    assert json.loads((tmp_path / "samples" / eval_files.MANIFEST).read_text()) == {"seed": 1}
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == [eval_files.MANIFEST]  # no temporary file left

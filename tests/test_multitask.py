@@ -7,7 +7,8 @@ from PIL import Image
 
 from palette.cli import main
 from palette.config import Config
-from palette.data import TrainingData, list_images
+from palette.data_files import list_images
+from palette.training_data import TrainingData
 from palette.tasks import make_task, parse_task_weights
 from palette.train import Trainer
 

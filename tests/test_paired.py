@@ -12,10 +12,15 @@ from PIL import Image
 
 from palette import checkpoint as ckpt
 from palette.cli import main
-from palette.data import TrainingData, list_pairs, load_image, scan_images
-from palette.errors import PaletteError
+from palette.data import load_image
+from palette.data_files import list_pairs
+from palette.config import Config, apply_overrides
+from palette.data_scan import scan_images
+from palette.errors import ArgumentError, PaletteError
 from palette.imagefile import probe, read_png16, save_image, write_png16
+from palette.sheets import training_rows
 from palette.tasks import make_task
+from palette.training_data import TrainingData
 
 MICRO_FLAGS = [o for o in MICRO if not o.startswith("model.image_size")]
 
@@ -164,8 +169,9 @@ def test_pairs_of_different_sizes_are_named(tmp_path):
 def test_bad_csv_files_name_the_line(tmp_path, content, match):
     Image.new("L", (4, 4)).save(tmp_path / "a.png")
     (tmp_path / "pairs.csv").write_text(content)
-    with pytest.raises(PaletteError, match=match):
+    with pytest.raises(ArgumentError, match=match) as error:
         list_pairs(tmp_path / "pairs.csv")
+    assert error.value.argument == "data.path"  # the config field; the command line calls it --data
 
 
 def test_a_folder_without_source_and_target_is_refused(tmp_path):
@@ -179,6 +185,24 @@ def test_two_files_of_one_name_are_refused(tmp_path):
     Image.new("RGB", (24, 20)).save(root / "source" / "a.jpg")
     with pytest.raises(PaletteError, match=r"a\.(jpg|png) and .*a\.(jpg|png) have the same name"):
         list_pairs(root)
+
+
+def test_a_paired_example_is_its_source_and_target_generated_everywhere():
+    source, target = torch.rand(1, 4, 6) * 2 - 1, torch.rand(3, 4, 6) * 2 - 1
+    sample = make_task("paired").example((source, target), np.random.default_rng(0))
+    assert sample.x is source and sample.y is target and sample.info["task"] == "paired"
+    assert torch.equal(sample.mask, torch.ones(1, 4, 6))
+
+
+def test_paired_training_sheets_show_each_source_beside_its_target(tmp_path):
+    root = _pair_folder(tmp_path, size=(40, 28), inverted=True)
+    config = apply_overrides(Config(), ["task.name=paired", "model.image_size=16", "train.sheet_images=2"])
+    rows = training_rows(list_pairs(root), config)
+    assert [(r.sheet, r.index, r.condition.masked) for r in rows] == [("paired", 0, False), ("paired", 1, False)]
+    for row in rows:
+        # the source is the negative of the target
+        torch.testing.assert_close(row.condition.x, -row.condition.original, atol=1e-5, rtol=0)
+        assert row.condition.original.shape == (3, 16, 16) and row.condition.mask.min() == 1
 
 
 def test_paired_random_crops_and_flips_stay_aligned(tmp_path):

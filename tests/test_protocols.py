@@ -6,7 +6,7 @@ from PIL import Image
 
 from palette import masks as mask_shapes
 from palette import protocols
-from palette.errors import PaletteError
+from palette.errors import ArgumentError, PaletteError
 
 
 def test_ctest10k_has_10000_unique_labelled_imagenet_validation_entries():
@@ -23,8 +23,9 @@ def test_ctest10k_resolves_class_folders_and_flat_folders_and_names_missing_imag
     nested.parent.mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(nested, format="JPEG")
     Image.new("RGB", (8, 8)).save(tmp_path / name_b.split("/")[-1], format="JPEG")
-    with pytest.raises(PaletteError, match="9998 of 10000 images are missing"):
+    with pytest.raises(ArgumentError, match="9998 of 10000 ctest10k images are missing") as err:
         protocols.ctest10k(tmp_path)
+    assert err.value.argument == "data"  # the folder given as data must hold them
 
 
 def _places_list(path, classes=365, per_class=40, seed=0):
@@ -132,8 +133,9 @@ def fid5k_lists(folder):
 
 def test_fid5k_reads_coltrans_lists_from_the_cache_folder_in_their_order(tmp_path, monkeypatch):
     monkeypatch.setenv("PALETTE_CACHE_DIR", str(tmp_path))
-    with pytest.raises(PaletteError, match="big_vision.*--fid5k-lists"):
+    with pytest.raises(ArgumentError, match="eval_file_names.txt is missing.*big_vision") as err:
         protocols.coltran_fid5k_names()
+    assert err.value.argument == "fid5k_lists"
     fid5k_lists((tmp_path / "fid5k").mkdir() or tmp_path / "fid5k")
     evaluated, reference = protocols.coltran_fid5k_names()
     written = (tmp_path / "fid5k" / "eval_file_names.txt").read_text().split()
@@ -187,5 +189,22 @@ def test_a_plain_lists_labels_count_for_classification_only_when_their_classes_a
 
 
 def test_a_label_space_that_contradicts_the_protocol_is_an_error(imagenet_val):
-    with pytest.raises(PaletteError, match="--label-space places365"):
+    with pytest.raises(ArgumentError, match="places365: the ctest10k protocol's labels are imagenet-1k") as err:
         protocols.resolve("ctest10k", imagenet_val, label_space="places365")
+    assert err.value.argument == "label_space"
+
+
+@pytest.mark.parametrize("call,argument", [
+    (lambda tmp: protocols.folder_or_list(tmp / "nowhere"), "data"),
+    (lambda tmp: protocols.resolve(None, tmp), "data"),  # a folder without images
+    (lambda tmp: protocols.resolve("imagenet", tmp), "protocol"),
+    (lambda tmp: protocols.resolve(None, tmp, label_space="coco"), "label_space"),
+    (lambda tmp: protocols.places10k(tmp), "places_list"),
+    (lambda tmp: protocols.coltran_fid5k_names(tmp), "fid5k_lists"),
+    (lambda tmp: protocols.load_mask_file(tmp / "nowhere.npz", "freeform-20-30"), "mask_file"),
+])
+def test_errors_name_the_argument_given_never_a_flag(tmp_path, call, argument):
+    """The command line turns the argument into its flag (palette.cli.flag_of); the library speaks of no flags."""
+    with pytest.raises(ArgumentError) as err:
+        call(tmp_path)
+    assert err.value.argument == argument and "--" not in str(err.value)

@@ -1,12 +1,11 @@
 """The human 2AFC study: pairing, the design, the server's rules, the fool rate's interval, an observer in a browser."""
 
+import json
 import os
 import shutil
 import socket
 import sqlite3
-import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -16,12 +15,14 @@ import pytest
 from PIL import Image
 
 from palette.cli import main
-from palette.errors import PaletteError
+from palette.errors import ArgumentError, PaletteError
 from palette.study import StudyOptions, create_study, study_report
 from palette.study import db as study_db
 from palette.study.design import observer_trials
 from palette.study.report import excluded_observers, fool_rate
 from palette.study.sessions import Study
+
+from conftest import start_server
 
 
 def _photos(folder: Path, count: int, size=(12, 12), seed=0) -> Path:
@@ -125,7 +126,7 @@ def test_an_eval_sample_without_its_original_is_an_error_that_names_it(tmp_path)
     (tmp_path / "eval" / "samples").mkdir(parents=True)
     for name in ("img00_0.png", "img01_0.png", "img07_0.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / "eval" / "samples" / name)
-    with pytest.raises(PaletteError, match="img07_0.png has no real image in --real"):
+    with pytest.raises(PaletteError, match="img07_0.png has no real image among the real ones"):
         create_study(tmp_path / "s.sqlite", real, [str(tmp_path / "eval")], StudyOptions("s", trials_per_observer=2,
                                                                                          catch_trials=0),
                      progress=False)
@@ -185,6 +186,25 @@ def test_a_database_of_another_version_or_program_is_refused(tmp_path):
     (tmp_path / "text.sqlite").write_text("hello " * 200)
     with pytest.raises(PaletteError, match="text.sqlite: not a SQLite database"):
         study_db.open_database(tmp_path / "text.sqlite")
+
+
+BAD_ARGUMENTS = {  # argument: a call that passes it wrong, given the folder
+    "display_ms": lambda d: StudyOptions("s", display_ms=50).check(),
+    "catch_trials": lambda d: StudyOptions("s", trials_per_observer=3, catch_trials=3).check(),
+    "fakes": lambda d: create_study(d / "s.sqlite", _pair_folders(d, 3)[0], [], StudyOptions("s"), progress=False),
+    "real": lambda d: create_study(d / "s.sqlite", d / "nowhere", _pair_folders(d, 3)[1], StudyOptions("s")),
+    "db_path": lambda d: study_db.open_database(d / "missing.sqlite"),
+    "min_catch_accuracy": lambda d: study_report(d / "missing.sqlite", min_catch_accuracy=1.5),
+}
+
+
+@pytest.mark.parametrize("argument", BAD_ARGUMENTS)
+def test_a_bad_argument_is_an_error_naming_it_as_the_function_takes_it(tmp_path, argument):
+    """The library names its own arguments; only the command line speaks of flags."""
+    with pytest.raises(ArgumentError) as caught:
+        BAD_ARGUMENTS[argument](tmp_path)
+    assert caught.value.argument == argument and str(caught.value).startswith(argument)
+    assert "--" not in str(caught.value)
 
 
 def test_the_cli_reports_bad_input_in_one_line_with_exit_code_2(tmp_path, capsys):
@@ -394,18 +414,10 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def start(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "palette", "study", "serve", "--db", str(self.db),
-                                      "--port", str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120  # importing palette on a loaded machine
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "api/state", timeout=2)
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"palette study serve exited:\n{self.proc.stdout.read().decode()}")
-                time.sleep(0.1)
-        raise RuntimeError("palette study serve did not answer in 120 s")
+        # the server prints its address once its port takes connections; 120 s: importing palette on a loaded machine
+        self.proc = start_server([sys.executable, "-m", "palette", "study", "serve", "--db", str(self.db), "--port",
+                                  str(self.port)], f"http://127.0.0.1:{self.port}/", self.db.parent / "serve.log", 120)
+        return self
 
     def kill(self):
         self.proc.kill()
@@ -423,6 +435,13 @@ def served(tmp_path, request):
     server = _Server(db).start()
     yield server
     server.kill()
+
+
+@pytest.mark.integration  # a server process
+def test_the_server_says_where_it_serves_once_its_port_takes_connections(served):
+    # start_server returned on that line, and nothing was retried: the first request is answered
+    with urllib.request.urlopen(served.url + "api/state", timeout=60) as response:
+        assert json.loads(response.read()) == {"observer": False}
 
 
 def _state(page, *states):

@@ -12,7 +12,7 @@ from PIL import Image
 from palette import Palette, PaletteError
 from palette.cli import main
 from palette.model import PaletteModel
-from palette.sampling import make_condition, tiled_canvas
+from palette.conditions import make_condition, tiled_canvas
 from palette.tiling import TiledDenoiser, tile_starts, tile_weights, window
 
 
@@ -111,7 +111,8 @@ def test_tiled_tasks_sample_at_the_images_own_size(palette, photo_dir, task, kwa
     photo = Image.open(photo_dir / "chelsea.png").convert("RGB")  # 48x40
     image = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float() / 255
     mask = kwargs.get("mask")
-    condition = make_condition(palette.model, task, image, np.random.default_rng(0), mask, tile_overlap=4)
+    size = palette.model.config.model.image_size
+    condition = make_condition(size, task, image, np.random.default_rng(0), mask, tile_overlap=4)
     assert tuple(condition.x.shape) == size
     out = palette(photo, task, steps=2, tile=True, overlap=4, output="tensor", **kwargs)[0]
     assert out.shape == size
@@ -139,7 +140,7 @@ def test_a_hole_larger_than_a_tile_is_warned_about(palette, caplog):
 
 @pytest.mark.parametrize("call,match", [
     (lambda p, img: p.uncrop(img, tile=True), "uncropping .* cannot be sampled in tiles"),
-    (lambda p, img: p.colorize(img, overlap=4), "overlap is the overlap of tiles: it needs tile=True"),
+    (lambda p, img: p.colorize(img, overlap=4), "overlap is the overlap of tiles: it needs tile"),
     (lambda p, img: p.colorize(img, tile=True, overlap=16), "overlap must be between 0 and 15"),
 ])
 def test_tiling_errors(palette, call, match):

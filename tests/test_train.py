@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from palette import checkpoint as ckpt
-from palette.errors import PaletteError
+from palette import checkpoint as ckpt, run_folder
+from palette.errors import ArgumentError, PaletteError
 from palette.model import PaletteModel
-from palette.train import Trainer, ema_decay, learning_rate, train
+from palette.train import Trainer, train
+from palette.training_schedule import ema_decay, learning_rate
 
 from conftest import micro_config, sheet_size
 
@@ -34,7 +35,7 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, photo_dir, task):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
         torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=0)
-    assert ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / "resumed"))[1]["step"] == 6
+    assert run_folder.read_training_state(run_folder.latest_checkpoint(tmp_path / "resumed"))[1]["step"] == 6
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, photo_dir, monkeypatch):
@@ -49,7 +50,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, ph
     monkeypatch.setattr(PaletteModel, "training_losses", exploding)
     with pytest.raises(PaletteError, match=r"loss became nan at step 3(.|\n)*step-000000002"):
         trainer.fit()
-    good = ckpt.latest_checkpoint(tmp_path)
+    good = run_folder.latest_checkpoint(tmp_path)
     assert good.name == "step-000000002"
     tensors, _ = ckpt.read_weights(good / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in tensors.values())
@@ -83,7 +84,7 @@ def test_a_run_folder_holds_config_weights_state_logs_and_sheets(tmp_path, photo
                           "train.sheet_images=2", "train.sheet_samples=2")
     train(config, tmp_path, progress=False)
     assert (tmp_path / "config.yaml").is_file()
-    folder = ckpt.latest_checkpoint(tmp_path)
+    folder = run_folder.latest_checkpoint(tmp_path)
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "ema.safetensors", "state.safetensors"}
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     sheets = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
@@ -104,7 +105,7 @@ def test_tensorboard_logs_the_training_scalars(tmp_path, photo_dir):
 def test_an_existing_run_is_not_overwritten_without_resume(tmp_path, photo_dir):
     config = micro_config(f"data.path={photo_dir}", "task.name=jpeg", "train.steps=1")
     train(config, tmp_path, progress=False)
-    with pytest.raises(PaletteError, match="--resume"):
+    with pytest.raises(ArgumentError, match=f"^resume is off, but {tmp_path} already holds a run"):
         train(config, tmp_path, progress=False)
 
 
@@ -171,15 +172,16 @@ def test_a_tiny_model_overfits_two_images_and_the_sampler_reproduces_them(tmp_pa
     assert error < 0.2 * baseline  # measured about 0.05 of the baseline when this test was written
 
 
-# Python source run in a training process before `palette train`: pause_on_call(name, n, applies, after) makes the
-# n-th call of palette.checkpoint's ``name`` (counting the calls that ``applies`` to; ``after``: once it returned)
-# write "paused" to the events pipe named by PALETTE_TEST_EVENTS and wait there to be killed, so a test kills the
-# process at that exact point of a checkpoint.
+# Python source run in a training process before `palette train`: pause_on_call(where, n, applies, after) makes the
+# n-th call of ``where`` ("module.name" in palette, as that module calls it; counting the calls that ``applies`` to;
+# ``after``: once it returned) write "paused" to the events pipe named by PALETTE_TEST_EVENTS and wait there to be
+# killed, so a test kills the process at that exact point of a checkpoint.
 PAUSE_ON_CALL = """
-import os, signal
-from palette import checkpoint
-def pause_on_call(name, number, applies=lambda *args: True, after=False):
-    real, calls = getattr(checkpoint, name), []
+import importlib, os, signal
+def pause_on_call(where, number, applies=lambda *args: True, after=False):
+    module, name = where.rsplit(".", 1)
+    module = importlib.import_module(f"palette.{module}")
+    real, calls = getattr(module, name), []
     def pausing(*args, **kwargs):
         result = real(*args, **kwargs) if after else None
         if applies(*args):
@@ -189,16 +191,17 @@ def pause_on_call(name, number, applies=lambda *args: True, after=False):
                     f.write("paused\\n")
                 signal.pause()
         return result if after else real(*args, **kwargs)
-    setattr(checkpoint, name, pausing)
+    setattr(module, name, pausing)
 """
 # Moments of the checkpoint cycle at which a run is killed: a checkpoint writes model, ema and state files into a
 # temporary folder (three calls of save_file), renames the folder, then points `latest` at it.
 NAMES_LATEST = "lambda path, data: path.name == 'latest'"
 KILL_MOMENTS = {
-    "as soon as a checkpoint is complete": f"pause_on_call('atomic_write_bytes', 1, {NAMES_LATEST}, after=True)",
-    "while the second checkpoint's files are written": "pause_on_call('save_file', 5)",  # before its ema file
+    "as soon as a checkpoint is complete":
+        f"pause_on_call('run_folder.atomic_write_bytes', 1, {NAMES_LATEST}, after=True)",
+    "while the second checkpoint's files are written": "pause_on_call('checkpoint.save_file', 5)",  # before its ema file
     "after the second checkpoint's folder is renamed, before `latest` names it":
-        f"pause_on_call('atomic_write_bytes', 2, {NAMES_LATEST})",
+        f"pause_on_call('run_folder.atomic_write_bytes', 2, {NAMES_LATEST})",
 }
 
 
@@ -217,9 +220,10 @@ def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, p
             "--image-size", "16", "--steps", "100000", "--no-progress",
             *[o for o in MICRO if not o.startswith("model.image_size")], "train.checkpoint_every=1"]
     for moment, pause in KILL_MOMENTS.items():
-        before = ckpt.latest_checkpoint(run_dir)
+        before = run_folder.latest_checkpoint(run_dir)
         done = int(before.name.split("-")[1]) if before else 0
-        first, second = ckpt.step_dir_name(done + 1), ckpt.step_dir_name(done + 2)  # this process's checkpoints
+        # this process's checkpoints
+        first, second = run_folder.step_dir_name(done + 1), run_folder.step_dir_name(done + 2)
         events.lines.clear()
         proc = subprocess.Popen([sys.executable, "-c", runner, PAUSE_ON_CALL + pause, *argv,
                                  *(["--resume"] if before else [])],
@@ -230,7 +234,7 @@ def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, p
         finally:
             proc.kill()
             proc.wait()
-        latest = ckpt.latest_checkpoint(run_dir)
+        latest = run_folder.latest_checkpoint(run_dir)
         assert latest is not None and latest != before, moment
         assert latest.name == first, moment  # killed in or right after its first checkpoint: that is the one to load
         left = {p.name for p in (run_dir / "checkpoints").iterdir()}
@@ -239,7 +243,7 @@ def test_killing_training_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, p
         elif "written" in moment:
             assert any(name.startswith(f".{second}.") for name in left), left  # its temporary folder
         load_model(run_dir, "cpu")
-        ckpt.read_training_state(latest)
+        run_folder.read_training_state(latest)
 
 
 def test_a_time_limit_checkpoints_and_stops_and_the_run_resumes_to_the_same_weights(tmp_path, photo_dir, monkeypatch):
@@ -250,8 +254,8 @@ def test_a_time_limit_checkpoints_and_stops_and_the_run_resumes_to_the_same_weig
     limited = micro_config(f"data.path={photo_dir}", "task.name=inpainting", "train.steps=5",
                            "train.checkpoint_every=4", "train.time_limit_minutes=1")
     train(limited, tmp_path / "limited", progress=False)
-    stopped = ckpt.latest_checkpoint(tmp_path / "limited")
-    assert ckpt.read_training_state(stopped)[1]["step"] == 2  # deadline 60 s; clock 50 after step 1, 100 after 2
+    stopped = run_folder.latest_checkpoint(tmp_path / "limited")
+    assert run_folder.read_training_state(stopped)[1]["step"] == 2  # deadline 60 s; clock 50 after step 1, 100 after 2
     monkeypatch.undo()
     train(config, tmp_path / "limited", resume=True, progress=False)
     (a, ea), (b, eb) = _params(tmp_path / "straight"), _params(tmp_path / "limited")
@@ -287,7 +291,7 @@ def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
-    assert ckpt.latest_checkpoint(run_dir) is None  # checkpoint_every is 1000: nothing written yet
+    assert run_folder.latest_checkpoint(run_dir) is None  # checkpoint_every is 1000: nothing written yet
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
@@ -295,9 +299,9 @@ def test_sigterm_to_the_whole_job_checkpoints_and_auto_resume_continues(tmp_path
     stopped = re.search(r"stopped by SIGTERM at step (\d+) of 100000: checkpoint written", log)
     assert stopped, log[-2000:]
     step = int(stopped.group(1))
-    assert step >= 2 and ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step
+    assert step >= 2 and run_folder.read_training_state(run_folder.latest_checkpoint(run_dir))[1]["step"] == step
     assert main(["train", *flags, "--steps", str(step + 2)]) == 0  # --auto-resume finds the checkpoint
-    assert ckpt.read_training_state(ckpt.latest_checkpoint(run_dir))[1]["step"] == step + 2
+    assert run_folder.read_training_state(run_folder.latest_checkpoint(run_dir))[1]["step"] == step + 2
     assert f"resumed {run_dir} at step {step}" in (run_dir / "train.log").read_text()
 
 
@@ -382,7 +386,7 @@ def test_a_full_disk_at_a_checkpoint_ends_the_run_with_one_line_and_keeps_the_pr
     assert _group_is_gone(group)
     assert (run / "checkpoints" / "latest").read_text() == "step-000000001"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000000001"]
-    ckpt.read_training_state(ckpt.latest_checkpoint(run))
+    run_folder.read_training_state(run_folder.latest_checkpoint(run))
 
 
 class _RefusingData(torch.utils.data.Dataset):
@@ -394,7 +398,7 @@ class _RefusingData(torch.utils.data.Dataset):
 
 
 def test_an_error_raised_in_a_loader_worker_reaches_the_user_as_its_one_line():
-    from palette.train import loader_batches
+    from palette.loader_workers import loader_batches
 
     loader = torch.utils.data.DataLoader(_RefusingData(), num_workers=1)
     with pytest.raises(PaletteError) as caught:
@@ -407,7 +411,7 @@ def test_export_writes_a_checkpoints_ema_or_trained_weights_as_one_file_a_sample
     from palette.cli import main
     from palette.sampling import load_model
 
-    latest = ckpt.latest_checkpoint(trained_run)
+    latest = run_folder.latest_checkpoint(trained_run)
     for flags, source in (([], "ema.safetensors"), (["--no-ema"], "model.safetensors")):
         out = tmp_path / f"{source}"
         assert main(["export", str(trained_run), *flags, "--out", str(out)]) == 0
@@ -418,3 +422,16 @@ def test_export_writes_a_checkpoints_ema_or_trained_weights_as_one_file_a_sample
     assert "error: --out " in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "none.safetensors")]) == 2
     assert "not a checkpoint folder nor a run folder with a complete checkpoint" in capsys.readouterr().err
+
+
+def test_a_trainer_without_a_run_folder_is_built_by_the_constructor():
+    # palette bench's trainer goes through the same named steps as palette train's, minus data and folder
+    config = micro_config()
+    bare = Trainer(config, None, progress=False)
+    assert bare.run_dir is None and bare.lock is None and bare.paths == [] and bare.step == 0
+    via_bench = Trainer.without_data(config)
+    for key, value in via_bench.model.net.state_dict().items():
+        assert torch.equal(bare.model.net.state_dict()[key], value), key
+    with pytest.raises(ArgumentError) as refused:
+        Trainer(config, None, resume=True)
+    assert refused.value.argument == "resume"

@@ -4,14 +4,14 @@ import io
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import start_server
 
 pytestmark = pytest.mark.integration  # a server process and a browser
 
@@ -68,23 +68,10 @@ def _start(tmp_path_factory, *args):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "palette", "serve", "--port", str(port), "--device", "cpu",
-                                 *map(str, args)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + START_S
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"palette serve exited:\n{log.read_text()}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(f"palette serve did not answer in {START_S} s:\n{log.read_text()}")
-    return proc, url, log
+    command = [sys.executable, "-m", "palette", "serve", "--port", str(port), "--device", "cpu", *map(str, args)]
+    # Gradio prints its address once its server has started
+    proc = start_server(command, "Running on local URL:", log, START_S, env)
+    return proc, f"http://127.0.0.1:{port}/", log
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,11 @@ import torch
 from PIL import Image
 
 from .data import image_to_tensor, load_image, match_channels
-from .errors import PaletteError
+from .errors import ArgumentError, PaletteError
 from .model import PaletteModel
-from .sampling import (
-    check_sampling_args,
-    check_task,
-    load_model,
-    make_condition,
-    network_calls,
-    tile_overlap_of,
-    sample_conditions,
-    check_seed,
-)
+from .conditions import make_condition
+from .sampling import check_task, load_model, network_calls, sample_conditions
+from .sampling_options import SamplingOptions, whole_number
 from .imagefile import DEFAULT_MAX_PIXELS, check_pixels, to_pil
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
@@ -101,15 +94,6 @@ def _one_image(image: ImageLike, channels: int, name: str = "images",
     return match_channels(tensor, channels)
 
 
-def _whole(value: Any, name: str, low: int | None = None) -> int:
-    """``value`` if it is a whole number (not a bool, not 2.5) of at least ``low``, else a PaletteError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise PaletteError(f"{name} must be a whole number, got {value!r}")
-    if low is not None and value < low:
-        raise PaletteError(f"{name} must be at least {low}, got {value}")
-    return int(value)
-
-
 def _as_list(images: ImageLike) -> tuple[list, bool]:
     """(list of single images, whether the input was a batch)."""
     if isinstance(images, (list, tuple)):
@@ -134,8 +118,24 @@ def _mask_array(mask: Any, size: tuple[int, int]) -> np.ndarray | str:
     elif mask.ndim == 3:
         mask = mask.max(axis=2)
     if mask.shape != size:
-        raise PaletteError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[1]}x{size[0]}")
+        raise ArgumentError("mask", f"is {mask.shape[1]}x{mask.shape[0]} but the image is {size[1]}x{size[0]}")
     return mask != 0
+
+
+def _masks_of(mask: Any, count: int, task: str) -> list:
+    """One mask (or None) per image: ``mask`` for all, or a list of one per image."""
+    masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * count
+    if len(masks) != count:
+        raise ArgumentError("mask", f": {len(masks)} masks for {count} images")
+    if task == "inpainting" and any(m is None for m in masks):
+        raise ArgumentError("mask", "is needed for inpainting: an array of the image's size (nonzero = fill) or a "
+                            "name")
+    return masks
+
+
+def _check_output(output: str) -> None:
+    if output not in ("pil", "tensor"):
+        raise ArgumentError("output", f"must be 'pil' or 'tensor', got {output!r}")
 
 
 def _counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
@@ -183,25 +183,20 @@ class Palette:
         task: str,
         mask: Any = None,
         side: str = "right",
-        num_samples: int = 1,
-        steps: int | None = None,
-        sampler: str | None = None,
-        seed: int = 0,
-        eta: float | None = None,
-        schedule: str | None = None,
+        *,
+        options: SamplingOptions | None = None,
         progress: Callable[[int, int], None] | None = None,
         output: str = "pil",
-        batch_size: int = 16,
-        batch_invariant: bool = False,
-        tile: bool = False,
-        overlap: int | None = None,
-        guidance: float = 0.0,
+        **settings: Any,
     ) -> list:
         """Sample ``task`` on ``images``: a list of ``num_samples`` outputs per input (a list of lists for a batch).
 
         ``mask`` (inpainting): an array or PIL image of the image's size, nonzero where the model fills, or a mask
         name (``center``, ``freeform-20-30``, ...); for a batch, one mask for all or a list. ``side`` (uncropping):
-        left, right, top, bottom or all. Sample k of input i is seeded by (``seed``, i, k), so inputs never share noise.
+        left, right, top, bottom or all. How to sample is ``options`` or its fields as keywords
+        (:class:`~palette.sampling_options.SamplingOptions`): ``num_samples``, ``steps``, ``sampler``, ``seed``,
+        ``eta``, ``schedule``, ``guidance``, ``batch_size``, ``batch_invariant``, ``tile``, ``overlap``; unset ones
+        are the checkpoint's. Sample k of input i is seeded by (``seed``, i, k), so inputs never share noise.
         ``progress(done, total)`` is called after every network evaluation. ``batch_invariant=True`` makes each
         sample bit-identical to the same input sampled alone (the network then runs one image at a time).
         ``tile=True`` samples each image at its own size in overlapping tiles of the model's size, blended at every
@@ -211,38 +206,26 @@ class Palette:
         trained with ``train.cond_drop_prob`` > 0 (docs/guidance.md); 0 is the unguided sampler.
         """
         check_task(self.model, task, where="model")
-        if output not in ("pil", "tensor"):
-            raise PaletteError(f"output must be 'pil' or 'tensor', got {output!r}")
+        _check_output(output)
+        options = SamplingOptions.of(options, **settings).resolved(self.config)
         items, batched = _as_list(images)
-        masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(items)
-        if len(masks) != len(items):
-            raise PaletteError(f"{len(masks)} masks for {len(items)} images")
-        if task == "inpainting" and any(m is None for m in masks):
-            raise PaletteError("inpainting needs a mask: an array of the image's size (nonzero = fill) or a name")
-        num_samples, batch_size = _whole(num_samples, "num_samples", 1), _whole(batch_size, "batch_size", 1)
-        steps = None if steps is None else _whole(steps, "steps")  # its range: check_sampling_args
-        overlap = None if overlap is None else _whole(overlap, "overlap", 0)
-        seed = check_seed(seed)
-        steps, schedule = check_sampling_args(self.model, steps, sampler, schedule, num_samples, flag="", eta=eta,
-                                              guidance=guidance)
-        tile_overlap = tile_overlap_of(self.model, tile, overlap, flag="")
-        channels = self.config.model.condition_channels
+        conditions = self._conditions(items, batched, _masks_of(mask, len(items), task), task, side, options)
+        results = sample_conditions(self.model, conditions, options,
+                                    on_step=_counter(progress, network_calls(conditions, options)))
+        convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)
+        outputs = [[convert(sample) for sample, _ in samples] for samples in results]
+        return outputs if batched else outputs[0]
+
+    def _conditions(self, items: list, batched: bool, masks: list, task: str, side: str,
+                    options: SamplingOptions) -> list:
+        channels, size = self.config.model.condition_channels, self.config.model.image_size
         conditions = []
         for index, (item, m) in enumerate(zip(items, masks)):
             image = _one_image(item, channels, f"images[{index}]" if batched else "images", self.max_pixels)
             m = None if m is None else _mask_array(m, tuple(image.shape[1:]))
-            try:
-                conditions.append(make_condition(self.model, task, image, np.random.default_rng([seed, index]), m,
-                                                 side, tile_overlap))
-            except ValueError as err:
-                raise PaletteError(str(err)) from None
-        total = network_calls(conditions, num_samples, batch_size, steps)
-        results = sample_conditions(self.model, conditions, num_samples, steps, seed, sampler, eta, schedule,
-                                    batch_size, on_step=_counter(progress, total), batch_invariant=batch_invariant,
-                                    guidance=guidance)
-        convert = to_pil if output == "pil" else (lambda t: (t + 1) / 2)
-        outputs = [[convert(sample) for sample, _ in samples] for samples in results]
-        return outputs if batched else outputs[0]
+            conditions.append(make_condition(size, task, image, np.random.default_rng([options.seed, index]), m,
+                                             side, options.tile_overlap))
+        return conditions
 
     def colorize(self, images: ImageLike, **kwargs) -> list:
         """Colour versions of gray (or colour: their luma is used) images."""
@@ -261,27 +244,24 @@ class Palette:
         return self(images, "jpeg", **kwargs)
 
     def panorama(self, image: ImageLike, extend: int, direction: str = "horizontal",
-                 progress: Callable[[int, int], None] | None = None, output: str = "pil", **sampling):
+                 progress: Callable[[int, int], None] | None = None, output: str = "pil",
+                 options: SamplingOptions | None = None, **settings: Any):
         """One image extended ``extend`` times on each side by uncropping (left and right, or up and down with
         ``direction="vertical"``), each time by half its height (width); its own pixels stay exactly as they are.
 
-        A 256x256 image with ``extend=8`` becomes 256x2304, the paper's panorama. ``sampling`` takes ``steps``,
-        ``sampler``, ``seed``, ``eta``, ``schedule`` and ``guidance`` as for a call of the model.
+        A 256x256 image with ``extend=8`` becomes 256x2304, the paper's panorama. ``options`` or its fields as
+        keywords (``steps``, ``sampler``, ``seed``, ``eta``, ``schedule``, ``guidance``) say how to sample.
         """
         from .panorama import extend_image, panorama_size
 
-        if output not in ("pil", "tensor"):
-            raise PaletteError(f"output must be 'pil' or 'tensor', got {output!r}")
-        extend = _whole(extend, "extend", 1)
-        sampling["seed"] = check_seed(sampling.get("seed", 0))
-        if sampling.get("steps") is not None:
-            sampling["steps"] = _whole(sampling["steps"], "steps")
+        _check_output(output)
+        extend = whole_number("extend", extend, 1)
+        options = SamplingOptions.of(options, **settings).resolved(self.config)
         picture = _one_image(image, self.config.model.channels, "image", self.max_pixels)
         height, width = panorama_size(*picture.shape[1:], extend, direction)
         check_pixels(f"the panorama (extend={extend})", width, height, self.max_pixels)  # its size grows with extend
-        steps = sampling.get("steps") or self.config.diffusion.sample_steps
-        out = extend_image(self.model, picture, extend, direction, on_step=_counter(progress, extend * steps),
-                           **sampling)
+        out = extend_image(self.model, picture, extend, direction, options,
+                           on_step=_counter(progress, extend * options.steps))
         return to_pil(out) if output == "pil" else (out + 1) / 2
 
     def super_resolve(self, images: ImageLike, factor: int = 4, **kwargs) -> list:

@@ -23,9 +23,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Config, apply_overrides, preset
-from .data import sample_rng
+from .training_data import sample_rng
 from .diffusion import NoiseSchedule, sample_gamma
-from .errors import PaletteError
 from .model import PaletteModel
 from .tasks import PAIRED, Task
 
@@ -110,13 +109,12 @@ def synthetic_batch(config: Config, task: Task, size: int, seed: int = 0) -> dic
     examples = []
     for n in range(size):
         rng = sample_rng(seed, n)
-        y = torch.from_numpy(rng.uniform(-1, 1, (channels, s, s)).astype(np.float32))
-        if task.name == PAIRED:  # the source is a second image
-            x = torch.from_numpy(rng.uniform(-1, 1, (config.model.condition_channels, s, s)).astype(np.float32))
-            example = {"x": x, "y": y, "mask": torch.ones(1, s, s), "task": task.name}
-        else:
-            sample = task(y, rng)
-            example = {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
+        images = [torch.from_numpy(rng.uniform(-1, 1, (channels, s, s)).astype(np.float32))]
+        if task.name == PAIRED:  # the item is a source and its target
+            images.insert(0, torch.from_numpy(rng.uniform(-1, 1, (config.model.condition_channels, s, s))
+                                              .astype(np.float32)))
+        sample = task.example(images, rng)
+        example = {"x": sample.x, "y": sample.y, "mask": sample.mask, "task": sample.info.get("task", "")}
         if config.diffusion.objective != "regression":
             example["gamma"] = sample_gamma(schedule, 1, rng)[0]
             example["noise"] = torch.from_numpy(rng.standard_normal((channels, s, s), dtype=np.float32))
@@ -131,8 +129,6 @@ def bench_trainer(config: Config, device: str = "auto", precision: str = "no", g
     folder."""
     from .train import Trainer  # training is imported only by the command that times it
 
-    if low_precision_norm and precision == "no":
-        raise PaletteError("--low-precision-norm needs --mixed-precision bf16 or fp16")
     layout = config.train.channels_last if channels_last is None else str(channels_last).lower()
     train = dataclasses.replace(config.train, device=device, mixed_precision=precision, compile=compile,
                                 gradient_checkpointing=gradient_checkpointing, channels_last=layout,
@@ -178,7 +174,7 @@ def run_bench(config: Config, device: str = "auto", precision: str = "no", secon
     train_rate = _rate(lambda: trainer.train_step(micro_batches), dev, seconds) * batch
     compiled = compile and _compiled_frames() > compiled_before
     if compile and not compiled:
-        warnings.warn("--compile: torch.compile compiled nothing (is TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE "
+        warnings.warn("compile: torch.compile compiled nothing (is TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE "
                       "set?); the figures are eager ones", stacklevel=2)
     model.eval()
     sample_rate = _rate(sample_step, dev, seconds / 2) * micro

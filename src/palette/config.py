@@ -2,7 +2,9 @@
 
 The dataclasses are where each value's type, default and allowed values live: a field with a fixed set of values is
 typed ``Literal[...]``, :meth:`Config.validate` checks every such field against it, and the command line takes its
-flags' choices from the same types (:func:`allowed`).
+flags' choices from the same types (:func:`allowed`). The ranges of numbers are :mod:`palette.config_ranges`; reading
+plain values (YAML, JSON, ``key=value`` text) into the typed fields is :mod:`palette.config_values`. Errors name the
+config field (``train.lr``); the command line names its flag instead.
 
 A run's resolved configuration is saved as YAML in its folder and as JSON in the metadata of every weights file, so
 a checkpoint alone is enough to rebuild its network, schedules and task.
@@ -12,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .config_ranges import check_ranges
+from .config_values import from_plain, plain, set_dotted
 from .diffusion import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule, Parameterization, ScheduleConfig
-from .errors import PaletteError
+from .errors import ArgumentError
 from .imagefile import DEFAULT_MAX_PIXELS
 from .samplers import SamplerName, ScheduleName
 from .tasks import MULTI_TASK_DEFAULT, PAIRED, TASK_NAMES
@@ -134,11 +136,11 @@ class Config:
     preset: str = "paper"
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        return _build(cls, d, "")
+        return from_plain(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -151,74 +153,80 @@ class Config:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()))
 
     def validate(self) -> None:
-        """Raise PaletteError for values that cannot work together."""
-        self._check_ranges()
+        """Raise an :class:`~palette.errors.ArgumentError` naming the config field of a value that cannot work, alone
+        or with the others."""
+        check_ranges(self)
         self._check_choices()
         if str(self.train.channels_last).lower() not in ("auto", "true", "false"):
-            raise PaletteError(f"train.channels_last must be auto, true or false, got {self.train.channels_last!r}")
-        if self.task.name not in (*TASK_NAMES, PAIRED, "multi"):
-            raise PaletteError(
-                f"unknown task {self.task.name!r}: choose one of {', '.join((*TASK_NAMES, PAIRED, 'multi'))}"
-            )
+            raise ArgumentError("train.channels_last", f"must be auto, true or false, got {self.train.channels_last!r}")
+        self._check_tasks()
+        self._check_network()
+        if self.train.cond_drop_prob and self.diffusion.objective == "regression":
+            raise ArgumentError("train.cond_drop_prob", "is for guided diffusion: the regression baseline has no "
+                                "guidance")
+        self._check_sampling()
+        if self.distill.steps:
+            self._check_student()
+
+    def _check_tasks(self) -> None:
+        """The task is known; a multi-task model mixes known degradations, each once, with one weight each."""
+        names = (*TASK_NAMES, PAIRED, "multi")
+        if self.task.name not in names:
+            raise ArgumentError("task.name", f"{self.task.name!r} is unknown: choose one of {', '.join(names)}")
         tasks, weights = self.task.tasks, self.task.weights
         if len(set(tasks)) != len(tasks):
-            raise PaletteError(f"task.tasks names a task twice: {', '.join(tasks)}")
+            raise ArgumentError("task.tasks", f"names a task twice: {', '.join(tasks)}")
         if weights and (len(weights) != len(tasks) or not all(w > 0 for w in weights)):
-            raise PaletteError(
-                f"task.weights must be one positive number per task of task.tasks ({', '.join(tasks)}), got "
-                f"{list(weights)}"
-            )
-        for t in self.task.tasks:
+            raise ArgumentError("task.weights", f"must be one positive number per task of task.tasks "
+                                f"({', '.join(tasks)}), got {list(weights)}")
+        for t in tasks:
             if t == PAIRED:
-                raise PaletteError("task.tasks: paired data cannot be mixed with degradations in a multi-task model")
+                raise ArgumentError("task.tasks", ": paired data cannot be mixed with degradations in a multi-task "
+                                    "model")
             if t not in TASK_NAMES:
-                raise PaletteError(f"unknown task {t!r} in task.tasks: choose from {', '.join(TASK_NAMES)}")
-        source = self.model.source_channels
-        if self.model.channels not in (1, 3) or source not in (None, 1, 3):
-            raise PaletteError(
-                f"model.channels and model.source_channels must be 1 or 3, got {self.model.channels} and {source}"
-            )
-        if self.train.cond_drop_prob and self.diffusion.objective == "regression":
-            raise PaletteError("train.cond_drop_prob is for guided diffusion: the regression baseline has no guidance")
-        levels = len(self.model.channel_mult) - 1
-        if self.model.image_size % 2**levels:
-            raise PaletteError(
-                f"--image-size {self.model.image_size} must be divisible by {2**levels} for a network with "
-                f"{levels + 1} resolution levels (model.channel_mult={list(self.model.channel_mult)})"
-            )
-        if self.train.batch_size < 1 or self.train.steps < 1:
-            raise PaletteError("--batch-size and --steps must be at least 1")
-        if self.train.micro_batch_size < 0:
-            raise PaletteError(f"train.micro_batch_size must be 0 (no accumulation) or positive, got "
-                               f"{self.train.micro_batch_size}")
-        if self.data.max_pixels < 1:
-            raise PaletteError(f"data.max_pixels must be at least 1, got {self.data.max_pixels}")
-        if not 0 < self.data.crop_scale_min <= 1:
-            raise PaletteError(f"data.crop_scale_min must be in (0, 1], got {self.data.crop_scale_min}")
+                raise ArgumentError("task.tasks", f": unknown task {t!r}: choose from {', '.join(TASK_NAMES)}")
+
+    def _check_network(self) -> None:
+        """Images of 1 or 3 channels, of a size every resolution level of the U-Net halves."""
+        model, source = self.model, self.model.source_channels
+        if model.channels not in (1, 3):
+            raise ArgumentError("model.channels", f"must be 1 or 3, got {model.channels}")
+        if source not in (None, 1, 3):
+            raise ArgumentError("model.source_channels", f"must be 1 or 3, got {source}")
+        levels = len(model.channel_mult) - 1
+        if model.image_size % 2**levels:
+            raise ArgumentError("model.image_size", f"{model.image_size} must be divisible by {2**levels} for a "
+                                f"network with {levels + 1} resolution levels (model.channel_mult="
+                                f"{list(model.channel_mult)})")
+
+    def _check_sampling(self) -> None:
+        """The default sampler, DDIM's eta and the number of steps the sampling schedule allows."""
         from .samplers import check_sampler
 
         try:
             check_sampler(self.diffusion.sampler, 0.0)
+        except ValueError as err:
+            raise ArgumentError("diffusion.sampler", f": {err}") from None
+        try:
             check_sampler("ddim", self.diffusion.eta)  # the config's eta is DDIM's, whatever the default sampler
         except ValueError as err:
-            raise PaletteError(f"diffusion.sampler / diffusion.eta: {err}") from None
+            raise ArgumentError("diffusion.eta", f": {err}") from None
         limit = self.sampling_schedule().steps
         if not 1 <= self.diffusion.sample_steps <= limit:
-            raise PaletteError(f"diffusion.sample_steps must be between 1 and {limit}, got {self.diffusion.sample_steps}")
-        if self.distill.steps:
-            self._check_student()
+            raise ArgumentError("diffusion.sample_steps", f"must be between 1 and {limit}, got "
+                                f"{self.diffusion.sample_steps}")
 
     def _check_student(self) -> None:
         """A distilled student samples with DDIM (eta 0) in exactly the steps it was trained for, and predicts v."""
         d, steps = self.diffusion, self.distill.steps
         if d.sampler != "ddim" or d.eta != 0 or d.sample_steps != steps or d.parameterization != "v":
-            raise PaletteError(
-                f"distill.steps={steps} is a student of progressive distillation: it needs diffusion.sampler=ddim, "
+            raise ArgumentError(
+                "distill.steps", f"{steps} is a student of progressive distillation: it needs diffusion.sampler=ddim, "
                 f"diffusion.eta=0, diffusion.sample_steps={steps} and diffusion.parameterization=v")
         try:
             NoiseSchedule(self.sampling_schedule()).check_halving(steps)
         except ValueError as err:
-            raise PaletteError(f"distill.steps: {err}") from None
+            raise ArgumentError("distill.steps", f": {err}") from None
 
     def _check_choices(self) -> None:
         """Every ``Literal``-typed field holds one of its values."""
@@ -229,17 +237,8 @@ class Config:
             for name, choices in _choices_of(type(values)).items():
                 value = getattr(values, name)
                 if value not in choices:
-                    raise PaletteError(f"{section.name}.{name} must be one of {', '.join(choices)}, got {value!r}")
-
-    def _check_ranges(self) -> None:
-        """Numbers outside their range fail late and obscurely (a division by zero at the first log, a loss that turns
-        NaN after hours, a data loader's traceback): each must be finite and in its range (:data:`RANGES`)."""
-        for key, flag, what, within in RANGES:
-            section, name = key.split(".")
-            value = getattr(getattr(self, section), name)
-            numbers = value if isinstance(value, tuple) else (value,)
-            if not (all(math.isfinite(v) for v in numbers) and within(value)):
-                raise PaletteError(f"{f'{flag} ({key})' if flag else key} must be {what}, got {_shown(value)}")
+                    raise ArgumentError(f"{section.name}.{name}", f"must be one of {', '.join(choices)}, got "
+                                        f"{value!r}")
 
     def sampling_schedule(self) -> ScheduleConfig:
         """The discrete schedule samplers walk: the paper's inference schedule, or the training schedule."""
@@ -258,125 +257,17 @@ def allowed(key: str) -> tuple[str, ...]:
     return _choices_of(type(getattr(Config(), section)))[name]
 
 
-# (config key, its flag or "", what it must be, whether a finite value is in range)
-RANGES = (
-    ("model.image_size", "--image-size", "positive", lambda v: v > 0),
-    ("train.lr", "", "positive", lambda v: v > 0),
-    ("train.warmup_steps", "", "0 or more", lambda v: v >= 0),
-    ("train.adam_betas", "", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
-    ("train.weight_decay", "", "0 or more", lambda v: v >= 0),
-    ("train.grad_clip", "", "0 (no clipping) or more", lambda v: v >= 0),
-    ("train.ema_decay", "", "between 0 and 1", lambda v: 0 <= v <= 1),
-    ("train.cond_drop_prob", "", "in [0, 1)", lambda v: 0 <= v < 1),
-    ("train.log_every", "", "at least 1", lambda v: v >= 1),
-    ("train.checkpoint_every", "", "at least 1", lambda v: v >= 1),
-    ("train.sample_every", "", "0 (no sheets) or more", lambda v: v >= 0),
-    ("train.sheet_images", "", "at least 1", lambda v: v >= 1),
-    ("train.sheet_samples", "", "at least 1", lambda v: v >= 1),
-    ("train.keep_checkpoints", "", "0 (keep all) or more", lambda v: v >= 0),
-    ("train.time_limit_minutes", "--time-limit", "0 (no limit) or more", lambda v: v >= 0),
-    ("train.collective_timeout_minutes", "", "positive", lambda v: v > 0),
-    ("distill.steps", "", "0 (not a student) or more", lambda v: v >= 0),
-    ("data.num_workers", "--workers", "0 (load in the training process) or more", lambda v: v >= 0),
-    ("data.max_bad_fraction", "", "between 0 and 1", lambda v: 0 <= v <= 1),
-)
-
-
-def _shown(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise PaletteError(f"config section {where or '(top)'} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise PaletteError(f"unknown config key {where + key!r}; known keys: {', '.join(fields)}")
-        kwargs[key] = _coerce(_prototype(cls, fields[key]), value, where + key)
-    return cls(**kwargs)
-
-
-def _prototype(cls, f: dataclasses.Field) -> Any:
-    """A value of the field's type: its default, or the type's zero for a required field."""
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return typing.get_type_hints(cls)[f.name]()
-
-
-def _coerce(default: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(default):
-        if isinstance(value, (list, tuple)) and isinstance(default, ScheduleConfig):
-            value = dict(zip(("beta_start", "beta_end", "steps"), value))
-        return _build(type(default), value, key + ".")
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        inner = default[0] if default else None
-        return tuple(_coerce(inner, v, key) if inner is not None else _scalar(v) for v in value)
-    if value is None:
-        return None
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-        if isinstance(value, bool):
-            return value
-        raise PaletteError(f"{key} must be true or false, got {value!r}")
-    try:
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise PaletteError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
-    return value
-
-
 def use_channels_last(value: Any, device: Any) -> bool:
     """Whether ``train.channels_last`` (auto, true or false) means channels_last on ``device`` (a torch.device)."""
     value = str(value).lower()
     return device.type == "cpu" if value == "auto" else value == "true"
 
 
-def _scalar(text: Any) -> Any:
-    return yaml.safe_load(text) if isinstance(text, str) else text
-
-
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` strings (``train.lr=3e-4``, ``model.attention_resolutions=16,8``)."""
     data = config.to_dict()
     for item in overrides:
-        if "=" not in item:
-            raise PaletteError(f"override {item!r} is not of the form key=value (e.g. train.lr=3e-4)")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node:
-                raise PaletteError(f"unknown config key {key!r} in override {item!r}")
-            node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node:
-            raise PaletteError(f"unknown config key {key!r} in override {item!r}")
-        # a text field takes the text as it is: YAML would read "no" as false and "" as null
-        node[parts[-1]] = text if isinstance(node[parts[-1]], str) else _scalar(text)
+        set_dotted(data, item)
     return Config.from_dict(data)
 
 
@@ -419,8 +310,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str) -> Config:
     """The configuration of a preset (``tiny``, ``small``, ``base`` or ``paper``)."""
     if name not in PRESETS:
-        raise PaletteError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        raise ArgumentError("preset", f": unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     data = Config(preset=name).to_dict()
     for section, values in PRESETS[name].items():
-        data[section].update(_plain(values))
+        data[section].update(plain(values))
     return Config.from_dict(data)

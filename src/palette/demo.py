@@ -20,11 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import checkpoint as ckpt
+from . import checkpoint as ckpt, run_folder
 from .config import Config, apply_overrides, preset
-from .data import load_image, random_square_crop
-from .errors import PaletteError
+from .crops import random_square_crop
+from .data import load_image
+from .errors import ArgumentError, PaletteError
 from .model import PaletteModel
+from .sampling_options import SamplingOptions
 from .sheets import task_sheet
 from .tasks import PAPER_TASKS, TASK_NAMES
 
@@ -92,7 +94,7 @@ def train_demo_model(out: Path, steps: int, device: str, tasks: Sequence[str], o
 
     config = demo_config(out, steps, device, tasks, overrides)
     run_dir = out / "run"
-    trainer = Trainer(config, run_dir, resume=ckpt.latest_checkpoint(run_dir) is not None, progress=progress)
+    trainer = Trainer(config, run_dir, resume=run_folder.latest_checkpoint(run_dir) is not None, progress=progress)
     trainer.fit()
     model = PaletteModel(trainer.config).to(trainer.device)
     model.net.load_state_dict(trainer.ema_state_dict())
@@ -104,13 +106,14 @@ def packaged_model(device: str, tasks: Sequence[str], overrides: Sequence[str]) 
     from .sampling import load_model
 
     if overrides:
-        raise PaletteError(f"{overrides[0]}: key=value settings configure training; add --train to train a demo "
-                           "model with them")
+        raise ArgumentError("train", f"is off, but {overrides[0]} configures training: turn it on to train a demo "
+                            "model with key=value settings")
     model = load_model(ckpt.DEMO_CHECKPOINT, device)
     missing = [t for t in tasks if t not in model.config.task.tasks]
     if missing:
-        raise PaletteError(f"--tasks {','.join(missing)}: the packaged demo model does "
-                           f"{', '.join(model.config.task.tasks)}; add --train to train a model for other tasks")
+        raise ArgumentError("tasks", f"{','.join(missing)}: the packaged demo model does "
+                            f"{', '.join(model.config.task.tasks)}; other tasks need a demo model trained for them "
+                            "(with {train})", also=("train",))
     return model
 
 
@@ -125,7 +128,7 @@ def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in TASK_NAMES]
     if not tasks or unknown or len(set(tasks)) != len(tasks):
-        raise PaletteError(f"--tasks {','.join(tasks)}: name each task once, from {', '.join(TASK_NAMES)}")
+        raise ArgumentError("tasks", f"{','.join(tasks)}: name each task once, from {', '.join(TASK_NAMES)}")
     return tasks
 
 
@@ -142,14 +145,11 @@ def run_demo(out: Path, train: bool = False, steps: int = 1000, sample_steps: in
     if train:
         model = train_demo_model(out, steps, device, tasks, overrides, progress)
     trained = time.perf_counter()
-    if sampler:  # the sheets' sampler; the model's config holds the default
-        model.config = apply_overrides(model.config, [f"diffusion.sampler={sampler}"])
+    options = SamplingOptions(steps=sample_steps, sampler=sampler, num_samples=num_samples)
     targets = held_out_crops(held_files, model.config.model.image_size, rows)
-    device_of_model = next(model.parameters()).device
     written = []
     for task in tasks:
-        sheet = task_sheet(model, task, targets, num_samples, seed=0, steps=sample_steps, device=device_of_model,
-                           progress=progress)
+        sheet = task_sheet(model, task, targets, options, progress)
         path = out / f"sheet_{task}.png"
         sheet.save(path)
         written.append(path)

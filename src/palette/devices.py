@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import torch
 
-from .errors import PaletteError
+from .errors import ArgumentError
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for an absent GPU is an error, not a silent CPU run."""
+def resolve_device(name: str, argument: str = "device") -> torch.device:
+    """``auto`` picks CUDA when present; asking for an absent GPU is an error naming ``argument``, not a silent CPU
+    run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PaletteError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+        raise ArgumentError(argument, f"{name}: no CUDA GPU is available here; use cpu (or auto)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PaletteError(f"--device {name}: MPS is not available here; use --device cpu (or auto)")
+        raise ArgumentError(argument, f"{name}: MPS is not available here; use cpu (or auto)")
     return device
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
+from . import checkpoint as ckpt, run_folder
 from .config import Config, apply_overrides
 from .diffusion import NoiseSchedule, _expand, per_image_loss, predict_y0_from, q_sample
-from .errors import PaletteError
+from .errors import ArgumentError, PaletteError
 from .model import PaletteModel
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Student(PaletteModel):
 
 def load_teacher(path: str | Path) -> PaletteModel:
     """The teacher of a distillation round: the model in ``path`` (a weights file, checkpoint or run folder)."""
-    weights = ckpt.resolve_weights(path, flag="--teacher")
+    weights = ckpt.resolve_weights(path, argument="distill.teacher")
     tensors, metadata = ckpt.read_weights(weights)
     teacher = PaletteModel(ckpt.config_of(metadata, weights))
     teacher.net.load_state_dict(tensors)
@@ -149,9 +149,9 @@ def build_student(config: Config) -> Student:
     try:
         student.net.load_state_dict(teacher.net.state_dict())
     except RuntimeError:
-        raise PaletteError(f"--teacher {config.distill.teacher}: its network does not match the student's, which "
-                           "follows the data (a paired teacher's --data must have the channels of its own data)"
-                           ) from None
+        raise ArgumentError("distill.teacher", f"{config.distill.teacher}: its network does not match the "
+                            "student's, which follows the data (a paired teacher's data.path must have the channels "
+                            "of its own data)") from None
     return student
 
 
@@ -161,8 +161,8 @@ def student_config(teacher: Config, teacher_path: Path, steps: int, steps_per_ro
     steps, predicting v, trained for ``steps_per_round`` optimisation steps as Salimans & Ho's rounds are (no
     warm-up, no EMA, no dropout: a round ends at the weights it trained), without condition dropout."""
     if teacher.diffusion.objective != "diffusion":
-        raise PaletteError("--teacher: a regression model samples in one step already; distillation needs a "
-                           "diffusion model")
+        raise ArgumentError("teacher", f"{teacher_path}: a regression model samples in one step already; "
+                            "distillation needs a diffusion model")
     diffusion = dataclasses.replace(teacher.diffusion, sampler="ddim", eta=0.0, sample_steps=steps,
                                     parameterization="v")
     train = dataclasses.replace(teacher.train, steps=steps_per_round, cond_drop_prob=0.0, warmup_steps=0,
@@ -181,16 +181,16 @@ def round_steps(from_steps: int, to_steps: int) -> list[int]:
     """The student step counts of the rounds from a ``from_steps`` teacher down to ``to_steps``: 64 -> 1 is
     32, 16, 8, 4, 2, 1."""
     if to_steps < 1 or from_steps <= to_steps:
-        raise PaletteError(f"--from-steps ({from_steps}) must be more than --to-steps ({to_steps}), which must be at "
-                           "least 1")
+        raise ArgumentError("from_steps", f"{from_steps} must be more than to_steps ({to_steps}), which must be at "
+                            "least 1")
     counts, n = [], from_steps
     while n > to_steps:
         if n % 2:
-            raise PaletteError(f"--from-steps {from_steps} must be --to-steps {to_steps} times a power of two")
+            raise ArgumentError("from_steps", f"{from_steps} must be to_steps ({to_steps}) times a power of two")
         n //= 2
         counts.append(n)
     if n != to_steps:
-        raise PaletteError(f"--from-steps {from_steps} must be --to-steps {to_steps} times a power of two")
+        raise ArgumentError("from_steps", f"{from_steps} must be to_steps ({to_steps}) times a power of two")
     return counts
 
 
@@ -207,26 +207,26 @@ def distill(teacher: str | Path, out: str | Path, from_steps: int = 128, to_step
     (``train.time_limit_minutes``) holds for the whole command. Returns the round folders done so far (fewer than
     all when a round was stopped by the time limit or a signal: resume it later)."""
     if method not in METHODS:
-        raise PaletteError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise ArgumentError("method", f"{method!r} is unknown: choose one of {', '.join(METHODS)}")
     out = Path(out)
     counts = round_steps(from_steps, to_steps)
-    if not resume and any(ckpt.latest_checkpoint(round_folder(out, n)) for n in counts):
-        raise PaletteError(f"--out {out} already holds a distillation: pass --resume to continue it, or choose "
-                           "another --out folder")
-    previous: Path = ckpt.resolve_weights(teacher, flag="--teacher")
+    if not resume and any(run_folder.latest_checkpoint(round_folder(out, n)) for n in counts):
+        raise ArgumentError("resume", f"is off, but {out} already holds a distillation: turn it on to continue it, or "
+                            "choose another folder")
+    previous: Path = ckpt.resolve_weights(teacher, argument="teacher")
     base = ckpt.config_of(ckpt.read_weights(previous)[1], previous)
     _check_rounds(base, teacher, from_steps, counts, overrides)
     done, deadline = [], None
     for n in counts:
         folder = round_folder(out, n)
-        existing = ckpt.latest_checkpoint(folder)
+        existing = run_folder.latest_checkpoint(folder)
         config = (student_config(base, previous, n, steps_per_round, overrides) if existing is None
                   else _resumed_config(folder, overrides, steps_per_round))
         if existing is None or _step_of(existing) < config.train.steps:
             config, deadline = _with_time_left(config, deadline)
             if not _train_round(config, folder, resume=existing is not None, progress=progress):
                 break  # stopped by the time limit or a signal: resume later
-            existing = ckpt.latest_checkpoint(folder)  # on every process (fit returns the path on the main one)
+            existing = run_folder.latest_checkpoint(folder)  # on every process (fit returns the path on the main one)
         done.append(folder)
         previous, base = ckpt.resolve_weights(existing), config
     return done
@@ -236,20 +236,20 @@ def _check_rounds(teacher: Config, path, from_steps: int, counts: list[int], ove
     """Refuse, before any training, a teacher that is a student of another step count and rounds beyond the
     schedule."""
     if teacher.distill.steps and teacher.distill.steps != from_steps:
-        raise PaletteError(f"--teacher {path} is a student that samples in {teacher.distill.steps} steps: pass "
-                           f"--from-steps {teacher.distill.steps}")
+        raise ArgumentError("from_steps", f"{from_steps}: the teacher {path} is a student that samples in "
+                            f"{teacher.distill.steps} steps: pass {teacher.distill.steps}")
     schedule = student_config(teacher, Path(path), counts[0], 1, overrides).sampling_schedule()
     try:
         NoiseSchedule(schedule).check_halving(counts[0])
     except ValueError as err:
-        raise PaletteError(f"--from-steps {from_steps}: {err}") from None
+        raise ArgumentError("from_steps", f"{from_steps}: {err}") from None
 
 
 def _resumed_config(folder: Path, overrides, steps_per_round: int) -> Config:
-    """A round already started keeps its own config (and teacher); a --steps-per-round that differs is logged."""
+    """A round already started keeps its own config (and teacher); a ``steps_per_round`` that differs is logged."""
     config = apply_overrides(Config.load(folder / "config.yaml"), list(overrides))
     if config.train.steps != steps_per_round:
-        log.info("%s keeps the %d steps it was started with (not --steps-per-round %d)", folder, config.train.steps,
+        log.info("%s keeps the %d steps it was started with (not steps_per_round %d)", folder, config.train.steps,
                  steps_per_round)
     return config
 
@@ -278,4 +278,4 @@ def _train_round(config: Config, folder: Path, resume: bool, progress: bool) -> 
 
 
 def _step_of(checkpoint: Path) -> int:
-    return int(ckpt.read_training_state(checkpoint)[1]["step"])
+    return int(run_folder.read_training_state(checkpoint)[1]["step"])

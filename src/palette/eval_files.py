@@ -129,7 +129,8 @@ def load_stats(path: Path) -> tuple[image_metrics.FeatureStats, dict]:
             t = {k: f.get_tensor(k) for k in f.keys()}
         return image_metrics.FeatureStats(t["mu"], t["sigma"], int(meta["n"]), t.get("features")), meta
     except Exception as err:
-        raise PaletteError(f"--reference-stats {path}: not a palette statistics file ({str(err)[:200]})") from None
+        # the file given as reference_stats, or a cached one: the path names which
+        raise PaletteError(f"{path}: not a palette statistics file ({str(err)[:200]})") from None
 
 
 def reference_cache_dir() -> Path:

@@ -28,7 +28,7 @@ import torch
 from . import metrics as image_metrics
 from . import protocols
 from .distributed import gather_interleaved
-from .errors import PaletteError
+from .errors import ArgumentError, PaletteError
 from .eval_files import (load_stats, pending, prepare, read_sample, reference_cache_path, sample_paths,
                          save_stats)
 from .imagefile import DEFAULT_MAX_PIXELS
@@ -63,13 +63,10 @@ class _Timer:
 
 def reference_stats(backbones: image_metrics.Backbones, paths: list[Path], size: int, channels: int, batch_size: int,
                     timer: _Timer, progress: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> image_metrics.FeatureStats:
-    """The Inception statistics of a separate reference set, a pass of its own (every image must be there)."""
+    """The Inception statistics of a separate reference set, a pass of its own (every image must be there:
+    :func:`_check_reference_complete`)."""
     from tqdm.auto import tqdm
 
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise PaletteError(f"the FID reference: {len(missing)} of {len(paths)} images are missing (e.g. {missing[0]}); "
-                           "--data must hold the whole validation set, or give --reference / --reference-stats")
     feats = []
     for start in tqdm(range(0, len(paths), batch_size), desc="eval: reference features", unit="batch",
                       disable=not progress):
@@ -145,8 +142,8 @@ def _check_samples_present(items: list[protocols.EvalItem], out_dir: Path, num_s
         missing = launched.from_main(missing)
     if missing:
         raise PaletteError(f"{len(missing)} of {len(items)} images have fewer than {num_samples} samples in "
-                           f"{out_dir / 'samples'} (e.g. {items[missing[0]].id}); run palette eval without --shard "
-                           "(or every shard) to generate them first")
+                           f"{out_dir / 'samples'} (e.g. {items[missing[0]].id}): generate them first, unsharded or "
+                           "by every shard")
 
 
 def _metrics_possible(eval_set: protocols.EvalSet, options: EvalOptions) -> tuple[list[str], dict[str, str]]:
@@ -156,7 +153,7 @@ def _metrics_possible(eval_set: protocols.EvalSet, options: EvalOptions) -> tupl
     if "ca" in wanted and (reason := protocols.classification_unavailable(eval_set)):
         absent["ca"] = reason
     if options.num_samples < 2:
-        absent.update({m: "diversity needs --num-samples 2 or more" for m in ("lpips", "ms-ssim") if m in wanted})
+        absent.update({m: "diversity needs 2 or more samples per image" for m in ("lpips", "ms-ssim") if m in wanted})
     for metric, reason in absent.items():
         log.info("%s not computed: %s", metric, reason)
     return [m for m in wanted if m not in absent], absent
@@ -266,9 +263,9 @@ def _check_comparable(run: _Pass, meta: dict) -> None:
     stats_file = run.options.reference_stats
     if (int(meta.get("image_size", run.size)) != run.size or meta.get("inception_sha256")
             != run.backbones.digests.get("inception-v3-compat")):
-        raise PaletteError(f"--reference-stats {stats_file} was computed at {meta.get('image_size')} px with "
-                           f"Inception weights {str(meta.get('inception_sha256'))[:8]}...: not comparable "
-                           "with this evaluation; delete it or give another file")
+        raise ArgumentError("reference_stats", f"{stats_file} was computed at {meta.get('image_size')} px with "
+                                               f"Inception weights {str(meta.get('inception_sha256'))[:8]}...: not "
+                                               "comparable with this evaluation; delete it or give another file")
 
 
 def _new_reference_statistics(run: _Pass, measured: dict[str, list]
@@ -293,13 +290,14 @@ def _separate_reference_statistics(run: _Pass, inception_sha256: str
     cache when its files are all there and were measured before, else measured (a second pass)."""
     options, eval_set = run.options, run.eval_set
     if options.reference:
-        ref_items = protocols.folder_or_list(options.reference).items
+        ref_items = _reference_items(options.reference)
         source, name = str(options.reference), Path(options.reference).stem
     else:
         ref_items, source, name = eval_set.reference, eval_set.reference_name, eval_set.name
     paths = [i.path for i in ref_items]
+    _check_reference_complete(paths, options)
     stats_file = Path(options.reference_stats) if options.reference_stats else None
-    if stats_file is None and all(p.is_file() for p in paths):
+    if stats_file is None:
         stats_file = reference_cache_path(name, paths, run.size, run.channels, inception_sha256)
         if stats_file.is_file():
             statistics, _ = load_stats(stats_file)
@@ -308,6 +306,23 @@ def _separate_reference_statistics(run: _Pass, inception_sha256: str
     statistics = reference_stats(run.backbones, paths, run.size, run.channels, run.batch_size, run.timer, run.progress,
                                  options.max_pixels)
     return statistics, source, stats_file, False
+
+
+def _reference_items(reference: Path) -> list[protocols.EvalItem]:
+    """The images of the folder or list given as ``reference``; its errors name that argument."""
+    try:
+        return protocols.folder_or_list(reference).items
+    except ArgumentError as err:
+        raise ArgumentError("reference", err.problem) from None
+
+
+def _check_reference_complete(paths: list[Path], options: EvalOptions) -> None:
+    """Refuse a separate FID reference with images missing: FID against part of it is not the reported figure."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        argument, given = ("reference", f"{options.reference}: ") if options.reference else ("data", ": ")
+        raise ArgumentError(argument, f"{given}{len(missing)} of {len(paths)} images of the FID reference are missing "
+                                      f"(e.g. {missing[0]}); it must hold them all, or give its statistics instead")
 
 
 def _figures(run: _Pass, measured: dict[str, list], reference: image_metrics.FeatureStats | None) -> dict[str, float]:

@@ -36,16 +36,15 @@ from PIL import Image
 from . import metrics as image_metrics
 from . import protocols
 from .data import load_image
-from .errors import PaletteError
-# MANIFEST, load_stats and save_stats are not used here: they are re-exported, for the callers that know them as
-# palette.evaluate's
-from .eval_files import (MANIFEST, check_manifest, load_stats, pending, prepare, read_sample, sample_paths,
-                         save_stats, weights_digest)
+from .errors import ArgumentError, PaletteError
+from .eval_files import check_manifest, pending, prepare, read_sample, sample_paths, weights_digest
 from .eval_metrics import METRICS, compute_metrics
 from .imagefile import DEFAULT_MAX_PIXELS
-from .sampling import Condition, check_sampling_args, check_seed, check_task, sample_conditions
+from .conditions import Condition
+from .sampling import check_task, sample_conditions
+from .sampling_options import SamplingOptions, check_seed
 from .sheets import compose_sheet, to_pil
-from .tasks import jpeg_compress, make_task
+from .tasks import Sample, jpeg_compress, make_task
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,12 @@ class EvalOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # evaluation images claiming more pixels are refused before decoding
     extra: dict = field(default_factory=dict)
 
+    def sampling(self) -> SamplingOptions:
+        """How the samples are drawn, as every other sampling path is told."""
+        return SamplingOptions(steps=self.steps, sampler=self.sampler, schedule=self.schedule, eta=self.eta,
+                               guidance=self.guidance, seed=self.seed, num_samples=self.num_samples,
+                               batch_size=self.batch_size, batch_invariant=self.batch_invariant)
+
 
 
 class MaskSource:
@@ -89,11 +94,12 @@ class MaskSource:
         self.masks = None
         if options.mask_file is not None:
             if not options.mask_category:
-                raise PaletteError("--mask-file needs --mask-category (e.g. freeform-20-30 or '20-30% freeform')")
+                raise ArgumentError("mask_category", "is needed with a mask file: its category, e.g. freeform-20-30 or "
+                                    "'20-30% freeform'")
             self.masks = protocols.load_mask_file(options.mask_file, options.mask_category)
             if len(self.masks) < count:
-                raise PaletteError(f"--mask-file {options.mask_file} holds {len(self.masks)} masks for "
-                                   f"{count} images")
+                raise ArgumentError("mask_file", f"{options.mask_file} holds {len(self.masks)} masks for "
+                                                 f"{count} images")
             self.name = f"file:{options.mask_category}"
 
     def __call__(self, index: int) -> np.ndarray:
@@ -101,7 +107,7 @@ class MaskSource:
             try:
                 return protocols.eval_mask(self.name, index, self.size)
             except ValueError as err:
-                raise PaletteError(f"--mask {self.name}: {err}") from None
+                raise ArgumentError("mask", f"{self.name}: {err}") from None
         mask = self.masks[index]
         if mask.shape != (self.size, self.size):  # nearest, so a hole stays a hole
             mask = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.NEAREST), dtype=bool)
@@ -118,14 +124,13 @@ def eval_condition(task: str, original: torch.Tensor, index: int, options: EvalO
     rng = np.random.default_rng([protocols.EVAL_MASK_SEED, index])
     if t.masked:
         x, m = t.condition(y, rng, mask=masks(index))
-        return Condition(y, x, m, m, True)
+        return Condition.of_example(Sample(x, y, m), masked=True)
     if task == "jpeg":
         x = jpeg_compress(y, options.quality).to(y.dtype)
-        return Condition(y, x, torch.ones_like(y[:1]), None, False)
+        return Condition.of_example(Sample(x, y, torch.ones_like(y[:1])), masked=False)
     # colorization, super-resolution, deblurring, denoising: the training degradation with this image's fixed
     # random parameters (blur kernel, noise sigma)
-    example = t(y, rng)
-    return Condition(y, example.x, example.mask, None, False)
+    return Condition.of_example(t(y, rng), masked=False)
 
 
 def _save_atomic(image: torch.Tensor, path: Path) -> None:
@@ -146,8 +151,7 @@ def generate(model, eval_set: protocols.EvalSet, options: EvalOptions, out_dir: 
     from tqdm.auto import tqdm
 
     check_task(model, options.task)
-    steps, schedule = check_sampling_args(model, options.steps, options.sampler, options.schedule,
-                                          options.num_samples, eta=options.eta, guidance=options.guidance)
+    sampling = options.sampling().resolved(model.config)
     size, channels = model.config.model.image_size, model.config.model.channels
     make_task(options.task).check_channels(channels)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -167,13 +171,9 @@ def generate(model, eval_set: protocols.EvalSet, options: EvalOptions, out_dir: 
             conditions = [eval_condition(options.task, prepare(items[i].path, size, channels, options.max_pixels), i,
                                          options, masks)
                           for i in chunk]
-            results = sample_conditions(model, conditions, options.num_samples, steps, options.seed, options.sampler,
-                                        options.eta, schedule, options.batch_size,
-                                        batch_invariant=options.batch_invariant, keys=chunk,
-                                        guidance=options.guidance)
+            results = sample_conditions(model, conditions, sampling, keys=chunk)
             for i, cond, samples in zip(chunk, conditions, results):
-                visible = cond.x * (1 - cond.mask) if cond.masked else cond.x
-                _save_atomic(visible, out_dir / "inputs" / f"{items[i].id}.png")
+                _save_atomic(cond.as_seen(), out_dir / "inputs" / f"{items[i].id}.png")
                 for k, (sample, _) in enumerate(samples):  # the samples last: their presence marks the image done
                     _save_atomic(sample, sample_paths(out_dir, items[i], k))
             bar.update(len(chunk))
@@ -235,22 +235,20 @@ def _check_options(options: EvalOptions) -> None:
     """Refuse unknown metrics, an unknown diversity and a bad seed before anything runs."""
     unknown = set(options.metrics) - set(METRICS)
     if unknown:
-        raise PaletteError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose among {', '.join(METRICS)}")
+        raise ArgumentError("metrics", f": unknown {', '.join(sorted(unknown))}; choose among {', '.join(METRICS)}")
     if options.diversity not in image_metrics.DIVERSITY_PAIRS:
-        raise PaletteError(f"--diversity {options.diversity!r} is unknown: choose one of "
-                           f"{', '.join(image_metrics.DIVERSITY_PAIRS)}")
+        raise ArgumentError("diversity", f"{options.diversity!r} is unknown: choose one of "
+                                         f"{', '.join(image_metrics.DIVERSITY_PAIRS)}")
     check_seed(options.seed)
 
 
 def _made_by(model, eval_set: protocols.EvalSet, options: EvalOptions, weights_file: Path | None) -> dict:
     """What makes the samples, as ``samples/manifest.json`` records it: weights, task, condition, sampler, seed."""
-    d = model.config.diffusion
-    steps, schedule = check_sampling_args(model, options.steps, options.sampler, options.schedule,
-                                          options.num_samples, eta=options.eta, guidance=options.guidance)
+    sampling = options.sampling().resolved(model.config)
     condition = _condition_record(options, model.config.model.image_size)
     return {"weights_sha256": weights_digest(model, weights_file), "task": options.task, "protocol": eval_set.name,
-            "condition": condition, "sampler": options.sampler or d.sampler, "steps": steps, "schedule": schedule,
-            "eta": d.eta if options.eta is None else options.eta, "guidance": options.guidance, "seed": options.seed}
+            "condition": condition, "sampler": sampling.sampler, "steps": sampling.steps,
+            "schedule": sampling.schedule, "eta": sampling.eta, "guidance": sampling.guidance, "seed": sampling.seed}
 
 
 def _condition_record(options: EvalOptions, size: int) -> dict:
@@ -271,8 +269,8 @@ def _check_samples_made_alike(out_dir: Path, made_by: dict, launched) -> None:
     if launched is not None:  # every process stops, or none
         problem = launched.from_main(problem)
     if problem:
-        raise PaletteError(f"--out {out_dir}: {problem}. Use another --out, or delete {out_dir / 'samples'} to start "
-                           "over")
+        raise ArgumentError("out_dir", f"{out_dir}: {problem}. Use another folder, or delete {out_dir / 'samples'} "
+                                       "to start over")
 
 
 def _result(eval_set: protocols.EvalSet, options: EvalOptions, made_by: dict, checkpoint: str, measured: dict,

@@ -7,8 +7,7 @@ interfaces call :meth:`sample`.
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -16,7 +15,8 @@ from torch import nn
 from .config import Config
 from .diffusion import (NoiseSchedule, ancestral_sample, ddim_sample, guided, per_image_loss, q_sample, sample_gamma,
                         v_target)
-from .samplers import SCHEDULES, check_sampler, make_scheduler, resolve_eta, scheduler_sample
+from .samplers import make_scheduler, scheduler_sample
+from .sampling_options import SamplingOptions
 from .tiling import TiledDenoiser
 from .unet import UNet
 
@@ -24,32 +24,6 @@ from .unet import UNet
 def per_image_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per image, so an image's sample does not depend on the batch it was drawn in."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-
-
-def check_guidance(config: Config, guidance: float, name: str = "guidance") -> None:
-    """Raise ValueError (naming ``name``) unless ``guidance`` is a weight w >= 0 this model can use: any w > 0 needs
-    a model trained with condition dropout, whose f(0, y_t, gamma) is an unconditional estimate."""
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (
-            math.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f"{name} must be a number of 0 or more, got {guidance!r}")
-    if guidance and config.train.cond_drop_prob == 0:
-        raise ValueError(f"{name}: this checkpoint was trained without condition dropout (train.cond_drop_prob=0): "
-                         "guidance needs a model trained with it")
-
-
-def check_student(config: Config, steps: int, sampler: str, eta: float, schedule: str, flag: str = "") -> None:
-    """Raise ValueError (arguments named with the prefix ``flag``) unless a distilled student
-    (``distill.steps`` > 0) is asked for what it was trained for: DDIM with eta 0, in its own steps and schedule.
-    Other models pass."""
-    n = config.distill.steps
-    if not n:
-        return
-    if (steps, sampler, eta, schedule) != (n, "ddim", 0, config.diffusion.sample_schedule):
-        raise ValueError(
-            f"this checkpoint is a student distilled to sample in {n} DDIM step(s) on the "
-            f"{config.diffusion.sample_schedule} schedule: sample it with {flag}steps {n} and the ddim sampler "
-            f"(eta 0; got {flag}steps {steps}, {flag}sampler {sampler}, eta {eta:g}, {flag}schedule {schedule}); "
-            "the distillation folder holds the students for other step counts")
 
 
 class PaletteModel(nn.Module):
@@ -114,68 +88,69 @@ class PaletteModel(nn.Module):
         steps: int | None = None,
         seeds: Sequence[int] | None = None,
         callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
-        sampler: str | None = None,
-        eta: float | None = None,
-        schedule: str | None = None,
-        batch_invariant: bool = False,
-        tile_overlap: int | None = None,
-        guidance: float = 0.0,
+        *,
+        options: SamplingOptions | None = None,
+        **settings: Any,
     ) -> torch.Tensor:
-        """Samples y ~ p(y | x) in [-1, 1] with ``steps`` network evaluations.
+        """Samples y ~ p(y | x) in [-1, 1] as ``options`` say (:class:`~palette.sampling_options.SamplingOptions`,
+        or its fields as keywords: ``steps``, ``sampler``, ``eta``, ``schedule``, ``guidance``, ``batch_invariant``,
+        ``tile`` and ``overlap``; ``tile_overlap=N`` is ``tile=True, overlap=N``); unset ones are the config's.
 
         ``sampler`` is ``ancestral`` (the paper's; its 1000-step schedule respaced to ``steps``), ``ddim`` (on the
-        same levels; ``eta`` is its noise and must be 0 for the others), ``dpmpp-2m``, ``dpmpp-2m-sde`` or
-        ``unipc``; every sampler clips its y0 estimates when ``diffusion.clip_denoised``. ``schedule`` is
-        ``inference`` (the paper's 1e-4..0.09) or ``training`` (the trained gamma range). Unset arguments take the
-        config's ``diffusion`` values (its ``eta`` for DDIM only).
-        ``mask`` (B, 1, H, W) is 1 where the model generates; elsewhere the result is ``known`` exactly.
-        ``seeds`` gives each image its own generator (default: 0, 1, ...); the same seed gives the same image,
-        whatever else is in the batch, up to floating-point rounding: convolution kernels depend on the batch size.
-        ``batch_invariant=True`` runs the network one image at a time (slower), which makes an image's sample
-        bit-identical whether it is sampled alone or in any batch.
-        ``tile_overlap`` (pixels) samples images larger than the network as overlapping tiles of its size, blended at
-        every step (:mod:`palette.tiling`); an image of the network's size is then sampled as without tiling.
-        ``guidance`` w > 0 samples with classifier-free guidance, eps = (1 + w) f(x, y_t, gamma) - w f(0, y_t, gamma)
-        (:func:`~palette.diffusion.guided`), for a model trained with ``train.cond_drop_prob`` > 0; w = 0 is the
-        unguided sampler exactly.
+        same levels, with DDIM's noise ``eta``), ``dpmpp-2m``, ``dpmpp-2m-sde`` or ``unipc``; every sampler clips its
+        y0 estimates when ``diffusion.clip_denoised``. ``mask`` (B, 1, H, W) is 1 where the model generates;
+        elsewhere the result is ``known`` exactly. ``seeds`` gives each image its own generator (default: 0, 1, ...):
+        the same seed gives the same image whatever else is in the batch, up to floating-point rounding (convolution
+        kernels depend on the batch size); ``batch_invariant`` runs the network one image at a time, which makes it
+        bit-identical. ``tile`` samples images larger than the network as overlapping tiles of its size, blended at
+        every step (:mod:`palette.tiling`). ``guidance`` w > 0 is classifier-free guidance,
+        eps = (1 + w) f(x, y_t, gamma) - w f(0, y_t, gamma) (:func:`~palette.diffusion.guided`), for a model trained
+        with ``train.cond_drop_prob`` > 0; w = 0 is the unguided sampler exactly.
         """
-        d = self.config.diffusion
-        sampler = sampler or d.sampler
-        eta = resolve_eta(sampler, eta, d.eta)
-        schedule = schedule or d.sample_schedule
-        steps = d.sample_steps if steps is None else steps
-        check_sampler(sampler, eta)
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        levels = self.inference_schedule if schedule == "inference" else self.train_schedule
-        if not 1 <= steps <= levels.steps:
-            raise ValueError(f"steps must be between 1 and the {schedule} schedule's {levels.steps}, got {steps}")
+        if "tile_overlap" in settings:
+            overlap = settings.pop("tile_overlap")
+            settings.update(tile=overlap is not None, overlap=overlap)
+        if steps is not None:
+            settings["steps"] = steps
+        options = SamplingOptions.of(options, **settings).resolved(self.config)
         seeds = list(range(x.shape[0])) if seeds is None else list(seeds)
         if len(seeds) != x.shape[0]:
             raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]}")
         if mask is not None and known is None:
             raise ValueError("a mask needs the known image")
-        check_guidance(self.config, guidance)
-        check_student(self.config, steps, sampler, eta, schedule)
-        shape = (x.shape[0], self.config.model.channels, *x.shape[2:])
         if self.regression:
-            y = self.net(x, torch.zeros(shape, device=x.device), torch.ones(shape[0], device=x.device)).float()
-            y = y.clamp(-1, 1)
-            return y if mask is None else y * mask + known * (1 - mask)
+            return self._regress(x, mask, known)
         generators = per_image_generators(seeds)
-        noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(x.device)
-        # guidance inside tiling: each tile's two estimates come from one call, and one image at a time stays so
-        denoiser = guided(self._one_at_a_time if batch_invariant else self.net, guidance)
-        if tile_overlap is not None:
-            denoiser = TiledDenoiser(denoiser, self.config.model.image_size, tile_overlap, max(16, x.shape[0]), mask)
+        shape = (self.config.model.channels, *x.shape[2:])
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(x.device)
         common = dict(known=known, mask=mask, generator=generators, callback=callback)
+        return self._run_sampler(self._denoiser(options, x.shape[0], mask), x, noise, options, common)
+
+    def _regress(self, x: torch.Tensor, mask: torch.Tensor | None, known: torch.Tensor | None) -> torch.Tensor:
+        """The regression baseline's one estimate f(x, 0, 1), with the known pixels kept."""
+        shape = (x.shape[0], self.config.model.channels, *x.shape[2:])
+        y = self.net(x, torch.zeros(shape, device=x.device), torch.ones(shape[0], device=x.device)).float()
+        y = y.clamp(-1, 1)
+        return y if mask is None else y * mask + known * (1 - mask)
+
+    def _denoiser(self, options: SamplingOptions, batch: int, mask: torch.Tensor | None):
+        # guidance inside tiling: each tile's two estimates come from one call, and one image at a time stays so
+        denoiser = guided(self._one_at_a_time if options.batch_invariant else self.net, options.guidance)
+        if options.tile_overlap is not None:
+            denoiser = TiledDenoiser(denoiser, self.config.model.image_size, options.tile_overlap, max(16, batch), mask)
+        return denoiser
+
+    def _run_sampler(self, denoiser, x: torch.Tensor, noise: torch.Tensor, options: SamplingOptions,
+                     common: dict) -> torch.Tensor:
+        d = self.config.diffusion
+        levels = self.inference_schedule if options.schedule == "inference" else self.train_schedule
         own = dict(clip_denoised=d.clip_denoised, parameterization=d.parameterization)
-        if sampler == "ancestral":
-            return ancestral_sample(denoiser, x, levels.respaced(steps), noise, **own, **common)
-        if sampler == "ddim":
-            return ddim_sample(denoiser, x, levels.respaced(steps), noise, eta=eta, **own, **common)
-        scheduler = make_scheduler(sampler, levels, d.clip_denoised, d.parameterization)
-        return scheduler_sample(denoiser, x, scheduler, steps, noise, **common)
+        if options.sampler == "ancestral":
+            return ancestral_sample(denoiser, x, levels.respaced(options.steps), noise, **own, **common)
+        if options.sampler == "ddim":
+            return ddim_sample(denoiser, x, levels.respaced(options.steps), noise, eta=options.eta, **own, **common)
+        scheduler = make_scheduler(options.sampler, levels, d.clip_denoised, d.parameterization)
+        return scheduler_sample(denoiser, x, scheduler, options.steps, noise, **common)
 
     def _one_at_a_time(self, x: torch.Tensor, y_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.net(x[i : i + 1], y_t[i : i + 1], gamma[i : i + 1]) for i in range(x.shape[0])])

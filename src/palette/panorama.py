@@ -9,14 +9,17 @@ Both ends are sampled together in one batch at each application, each with its o
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import masks
-from .errors import PaletteError
+from .errors import ArgumentError
 from .model import PaletteModel
-from .sampling import check_sampling_args, check_task, make_condition, sample_conditions
+from .conditions import make_condition
+from .sampling import check_task, sample_conditions
+from .sampling_options import SamplingOptions
 
 DIRECTIONS = {"horizontal": ("left", "right"), "vertical": ("top", "bottom")}
 
@@ -30,7 +33,7 @@ def _generated(side: str, window: int) -> int:
 def panorama_size(height: int, width: int, extend: int, direction: str = "horizontal") -> tuple[int, int]:
     """(height, width) of a panorama of ``extend`` applications on each side of a height x width image."""
     if direction not in DIRECTIONS:
-        raise PaletteError(f"--direction must be horizontal or vertical, got {direction!r}")
+        raise ArgumentError("direction", f"must be horizontal or vertical, got {direction!r}")
     window = height if direction == "horizontal" else width
     grown = extend * sum(_generated(side, window) for side in DIRECTIONS[direction])
     return (height, width + grown) if direction == "horizontal" else (height + grown, width)
@@ -45,23 +48,20 @@ def extend_image(
     image: torch.Tensor,
     extend: int,
     direction: str = "horizontal",
-    steps: int | None = None,
-    sampler: str | None = None,
-    seed: int = 0,
-    eta: float | None = None,
-    schedule: str | None = None,
+    options: SamplingOptions | None = None,
     on_step: Callable[[], None] | None = None,
-    guidance: float = 0.0,
+    **settings: Any,
 ) -> torch.Tensor:
     """A panorama of ``image`` (C, H, W) in [0, 1]: ``extend`` uncroppings on each side; returns it in [-1, 1].
 
-    The image's pixels are kept exactly; application i samples its two windows with seeds ``seed + 2i`` and
-    ``seed + 2i + 1``. ``guidance`` is the classifier-free guidance weight (0: none).
+    ``options`` (or their fields as keywords) say how to sample; one sample per window. The image's pixels are kept
+    exactly; the two windows of application i are the inputs 2i and 2i + 1 of the run's seed.
     """
     check_task(model, "uncropping", where="model")
-    steps, schedule = check_sampling_args(model, steps, sampler, schedule, 1, flag="", eta=eta, guidance=guidance)
+    options = SamplingOptions.of(options, **settings)
+    options = SamplingOptions.of(options, num_samples=1, tile=False, overlap=None).resolved(model.config)
     if extend < 1:
-        raise PaletteError(f"extend must be at least 1, got {extend}")
+        raise ArgumentError("extend", f"must be at least 1, got {extend}")
     panorama_size(*image.shape[1:], extend, direction)  # checks the direction
     axis = _axis(direction)
     window = image.shape[3 - axis]  # the side of the square windows: the image's extent across the growth
@@ -69,26 +69,31 @@ def extend_image(
     known = {side: window - _generated(side, window) for side in sides}
     if image.shape[axis] < max(known.values()):
         length = "width" if direction == "horizontal" else "height"
-        raise PaletteError(
-            f"the image is {image.shape[2]}x{image.shape[1]}: a {direction} panorama needs a {length} of at least "
+        raise ArgumentError(
+            "image", f"is {image.shape[2]}x{image.shape[1]}: a {direction} panorama needs a {length} of at least "
             f"{max(known.values())} (half the {'height' if direction == 'horizontal' else 'width'}) to condition on"
         )
     canvas = image * 2 - 1
-    rng = np.random.default_rng([seed, 0])
+    rng = np.random.default_rng([options.seed, 0])
     for i in range(extend):
-        conditions = []
-        for side in sides:
-            shape = list(canvas.shape)
-            shape[axis] = window
-            frame = torch.zeros(shape)
-            edge = canvas.narrow(axis, 0, known[side]) if side in ("left", "top") else canvas.narrow(
-                axis, canvas.shape[axis] - known[side], known[side])
-            frame.narrow(axis, window - known[side] if side in ("left", "top") else 0, known[side]).copy_(edge)
-            conditions.append(make_condition(model, "uncropping", (frame + 1) / 2, rng, side=side))
-        results = sample_conditions(model, conditions, 1, steps, sampler=sampler, eta=eta, schedule=schedule,
-                                    on_step=on_step, seeds=[seed + 2 * i, seed + 2 * i + 1], guidance=guidance)
+        conditions = [make_condition(model.config.model.image_size, "uncropping",
+                                     (_window(canvas, axis, window, known[side], side) + 1) / 2, rng, side=side)
+                      for side in sides]
+        results = sample_conditions(model, conditions, options, keys=[2 * i, 2 * i + 1], on_step=on_step)
         before, after = (result[0][0] for result in results)
         grown_before = before.narrow(axis, 0, window - known[sides[0]])
         grown_after = after.narrow(axis, known[sides[1]], window - known[sides[1]])
         canvas = torch.cat([grown_before, canvas, grown_after], dim=axis)
     return canvas
+
+
+def _window(canvas: torch.Tensor, axis: int, window: int, known: int, side: str) -> torch.Tensor:
+    """The square window at ``side``'s end of the panorama: its ``known`` pixels next to the hole to generate."""
+    shape = list(canvas.shape)
+    shape[axis] = window
+    frame = torch.zeros(shape)
+    if side in ("left", "top"):
+        frame.narrow(axis, window - known, known).copy_(canvas.narrow(axis, 0, known))
+    else:
+        frame.narrow(axis, 0, known).copy_(canvas.narrow(axis, canvas.shape[axis] - known, known))
+    return frame

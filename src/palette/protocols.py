@@ -32,7 +32,7 @@ import numpy as np
 
 from . import masks as mask_shapes
 from .data import IMAGE_EXTENSIONS
-from .errors import PaletteError
+from .errors import ArgumentError, PaletteError
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ def classification_unavailable(eval_set: EvalSet) -> str | None:
         return (f"{eval_set.name}'s labels are Places365 classes (0..364), not the ImageNet-1k classes the ResNet-50 "
                 "predicts; the paper reports CA on ImageNet only")
     if eval_set.label_space != IMAGENET_1K:
-        return (f"{eval_set.name}'s labels are not known to be ImageNet-1k classes (use --protocol ctest10k or fid5k, "
-                "or --label-space imagenet-1k for a list of ImageNet class indices)")
+        return (f"{eval_set.name}'s labels are not known to be ImageNet-1k classes (use the ctest10k or fid5k "
+                "protocol, or the label space imagenet-1k for a list of ImageNet class indices)")
     unlabelled = sum(item.label is None for item in eval_set.items)
     if unlabelled:
-        return (f"{unlabelled} of {len(eval_set.items)} images have no label (for fid5k: --data in class folders, "
-                "val/n01440764/...)")
+        return (f"{unlabelled} of {len(eval_set.items)} images have no label (for fid5k: a validation folder in class "
+                "folders, val/n01440764/...)")
     return None
 
 
@@ -119,7 +119,7 @@ def folder_or_list(data: str | Path) -> EvalSet:
     if data.is_dir():
         paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not paths:
-            raise PaletteError(f"--data {data}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ArgumentError("data", f"{data}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return EvalSet(data.name, [_item(p, data, None) for p in paths])
     if data.is_file():
         items = []
@@ -129,9 +129,9 @@ def folder_or_list(data: str | Path) -> EvalSet:
                 path = data.parent / name.lstrip("/")
             items.append(_item(path, data.parent, label))
         if not items:
-            raise PaletteError(f"--data {data}: the list file names no images")
+            raise ArgumentError("data", f"{data}: the list file names no images")
         return EvalSet(data.stem, items)
-    raise PaletteError(f"--data {data}: no such file or folder")
+    raise ArgumentError("data", f"{data}: no such file or folder")
 
 
 def _resource_list(name: str) -> list[tuple[str, int | None]]:
@@ -166,9 +166,9 @@ def coltran_fid5k_names(folder: str | Path | None = None) -> tuple[list[str], li
     for name in FID5K_LIST_FILES:
         path = folder / name
         if not path.is_file():
-            raise PaletteError(f"fid5k needs ColTran's file lists and {path} is missing: copy "
-                               f"{' and '.join(FID5K_LIST_FILES)} from {FID5K_SOURCE} into {folder} "
-                               "(or pass --fid5k-lists DIR)")
+            raise ArgumentError("fid5k_lists", f"{folder}: {name} is missing: fid5k needs ColTran's file lists "
+                                               f"{' and '.join(FID5K_LIST_FILES)}, from {FID5K_SOURCE}, in this "
+                                               "folder (copy them there, or give the folder that holds them)")
         names = [line.split()[0] for line in path.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
         if len(set(names)) != FID5K_SIZE or len(names) != FID5K_SIZE:
@@ -188,7 +188,7 @@ def imagenet_validation_images(root: Path) -> dict[str, Path]:
 
 def _warn_if_not_full(reference: list[EvalItem], expected: int, protocol: str, root: Path) -> None:
     if len(reference) != expected:
-        log.warning("--protocol %s: the FID reference (every validation image in %s) holds %d images, not the "
+        log.warning("%s: the FID reference (every validation image in %s) holds %d images, not the "
                     "paper's %d; FID will not be comparable with the paper's", protocol, root, len(reference), expected)
 
 
@@ -196,8 +196,8 @@ def _check_exist(items: list[EvalItem], protocol: str, root: Path) -> None:
     missing = [i.path for i in items if not i.path.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:3])
-        raise PaletteError(f"--protocol {protocol}: {len(missing)} of {len(items)} images are missing under {root} "
-                           f"(e.g. {shown}); --data must be the folder that holds them")
+        raise ArgumentError("data", f"{root}: {len(missing)} of {len(items)} {protocol} images are missing (e.g. "
+                                    f"{shown}); it must be the folder that holds them")
 
 
 def ctest10k(root: str | Path) -> EvalSet:
@@ -234,8 +234,9 @@ def places10k(root: str | Path, val_list: str | Path | None = None) -> EvalSet:
     root = Path(root)
     val_list = Path(val_list) if val_list else root / "places365_val.txt"
     if not val_list.is_file():
-        raise PaletteError(f"--protocol places10k needs Places365's validation list {val_list} "
-                           "(from filelist_places365-standard.tar, lines 'Places365_val_00000001.jpg 165')")
+        raise ArgumentError("places_list", f"{val_list}: no such file; places10k needs Places365's validation list "
+                                           "(from filelist_places365-standard.tar, lines "
+                                           "'Places365_val_00000001.jpg 165')")
     items = [EvalItem(Path(n).stem, root / n.lstrip("/"), c) for n, c in places10k_entries(val_list)]
     _check_exist(items, "places10k", root)
     reference = [EvalItem(Path(n).stem, root / n.lstrip("/")) for n, _ in read_list(val_list)]
@@ -265,20 +266,21 @@ def fid5k(root: str | Path, lists: str | Path | None = None) -> EvalSet:
 
 def resolve(protocol: str | None, data: str | Path, places_list: str | Path | None = None,
             label_space: str | None = None, fid5k_lists: str | Path | None = None) -> EvalSet:
-    """The evaluation set of ``--protocol`` (or of a plain folder / list when None, whose labels index the classes
+    """The evaluation set of ``protocol`` (or of a plain folder / list when None, whose labels index the classes
     of ``label_space`` when it is given)."""
     if label_space is not None and label_space not in LABEL_SPACES:
-        raise PaletteError(f"--label-space {label_space!r} is unknown: choose one of {', '.join(LABEL_SPACES)}")
+        raise ArgumentError("label_space", f"{label_space!r} is unknown: choose one of {', '.join(LABEL_SPACES)}")
     if protocol is None:
         eval_set = folder_or_list(data)
         eval_set.label_space = label_space
         return eval_set
     makers = {"ctest10k": ctest10k, "places10k": lambda d: places10k(d, places_list), "fid5k": lambda d: fid5k(d, fid5k_lists)}
     if protocol not in makers:
-        raise PaletteError(f"--protocol {protocol!r} is unknown: choose one of {', '.join(PROTOCOLS)}")
+        raise ArgumentError("protocol", f"{protocol!r} is unknown: choose one of {', '.join(PROTOCOLS)}")
     eval_set = makers[protocol](data)
     if label_space is not None and label_space != eval_set.label_space:
-        raise PaletteError(f"--label-space {label_space}: --protocol {protocol}'s labels are {eval_set.label_space}")
+        raise ArgumentError("label_space", f"{label_space}: the {protocol} protocol's labels are "
+                                           f"{eval_set.label_space}")
     return eval_set
 
 
@@ -304,14 +306,15 @@ def load_mask_file(path: str | Path, category: str, count: int | None = None,
     try:
         with np.load(path) as archive:
             if key not in archive.files:
-                raise PaletteError(f"--mask-file {path} has no category {key!r}; it has {', '.join(archive.files)}")
+                raise ArgumentError("mask_file", f"{path} has no category {key!r}; it has "
+                                                 f"{', '.join(archive.files)}")
             packed = archive[key]
     except (OSError, ValueError) as err:
-        raise PaletteError(f"--mask-file {path}: not a numpy mask archive ({err})") from None
+        raise ArgumentError("mask_file", f"{path}: not a numpy mask archive ({err})") from None
     per_mask = size * size
     n = len(packed) * 8 // per_mask if count is None else count
     bits = np.unpackbits(packed, axis=None)
     if n < 1 or len(bits) < n * per_mask:
-        raise PaletteError(f"--mask-file {path}: category {key!r} holds {len(bits) // per_mask} masks of "
-                           f"{size}x{size}, fewer than {n}")
+        raise ArgumentError("mask_file", f"{path}: category {key!r} holds {len(bits) // per_mask} masks of "
+                                         f"{size}x{size}, fewer than {n}")
     return bits[: n * per_mask].reshape(n, size, size).astype(bool)

@@ -14,27 +14,25 @@ not depend on the other files of a folder, on the batch, on the shard or on the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import checkpoint as ckpt
-from . import masks
+from .conditions import Condition, make_condition, resolve_mask
 from .data import IMAGE_EXTENSIONS, load_image, resize
-from .errors import PaletteError
-from .imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe, save_image
-from .model import PaletteModel, check_guidance, check_student
-from .samplers import SAMPLERS, SCHEDULES, check_sampler, resolve_eta
-from .tasks import PAIRED, TASK_NAMES, luma, make_task, sample_tasks, with_luma
-from .tiling import tile_starts
 from .devices import configure_cuda, resolve_device
+from .errors import ArgumentError, PaletteError
+from .imagefile import DEFAULT_MAX_PIXELS, probe, save_image
+from .model import PaletteModel
+from .sampling_options import SamplingOptions
+from .tasks import PAIRED, TASK_NAMES, sample_tasks
 
 log = logging.getLogger(__name__)
 
@@ -61,116 +59,11 @@ def load_model(path: str | Path, device: str | torch.device = "auto", use_ema: b
 
 def check_task(model: PaletteModel, task: str, where: str = "checkpoint") -> None:
     if task not in (*TASK_NAMES, PAIRED):
-        raise PaletteError(f"unknown task {task!r}: choose one of {', '.join((*TASK_NAMES, PAIRED))}")
+        raise ArgumentError("task", f"{task!r} is unknown: choose one of {', '.join((*TASK_NAMES, PAIRED))}")
     can = sample_tasks(model.config.task.name, model.config.task.tasks)
     if task not in can:
-        raise PaletteError(f"the {where} was trained for {model.config.task.name} ({', '.join(can)}); it cannot do {task}")
-
-
-def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A mask file (white = generate) as a boolean array; a non-binary mask is thresholded at half with a warning."""
-    h, w = size
-    try:
-        probe(path, max_pixels=h * w)  # from the header, before decoding: a mask is no larger than its image
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"))
-    except PixelLimitError:
-        raise PaletteError(f"--mask {path} is larger than the image ({w}x{h}): the mask must have the image's "
-                           "size") from None
-    except (OSError, ValueError) as err:
-        raise PaletteError(f"--mask {path}: cannot be read as an image ({err})") from None
-    if gray.shape != (h, w):
-        raise PaletteError(
-            f"--mask {path} is {gray.shape[1]}x{gray.shape[0]} but the image is {w}x{h}: the mask must have the "
-            "image's size"
-        )
-    if not np.isin(gray, (0, 255)).all():
-        log.warning("--mask %s is not binary (values other than 0 and 255): thresholded at 128", path)
-    return gray >= 128
-
-
-@dataclass
-class Condition:
-    """The model input of one image (at the model's size, or at its own when tiled), plus what is needed to put the
-    output back at full size."""
-
-    original: torch.Tensor  # (C, H, W) in [-1, 1] at the file's size
-    x: torch.Tensor  # (C, S, S) at the model's size S, or the whole canvas when tiled
-    mask: torch.Tensor  # (1, ...) of x's size, 1 where generated
-    full_mask: torch.Tensor | None  # (1, H, W) for masked tasks
-    masked: bool
-    tile_overlap: int | None = None  # sampled in tiles with this overlap: x and mask are then at the canvas size
-    keep_luma: bool = False  # colorization resized to the model: the output keeps the input's own luma
-
-
-def tiled_canvas(height: int, width: int, size: int) -> tuple[int, int]:
-    """The size an image is sampled at in tiles of ``size``: its own, or scaled up until its short side is ``size``."""
-    short = min(height, width)
-    if short >= size:
-        return height, width
-    return max(size, round(height * size / short)), max(size, round(width * size / short))
-
-
-def make_condition(
-    model: PaletteModel, task: str, image: torch.Tensor, rng: np.random.Generator,
-    mask: np.ndarray | str | None = None, side: str = "right", tile_overlap: int | None = None,
-) -> Condition:
-    """Build x for ``task`` from ``image`` (C, H, W) in [0, 1] at any size.
-
-    For super-resolution ``image`` is the low-resolution input: it is bicubic-upsampled by the factor first (SR3).
-    Without ``tile_overlap`` x is at the model's size; with it, at the image's own size (scaled up if a side is
-    below the model's), to be sampled in overlapping tiles.
-    """
-    size = model.config.model.image_size
-    t = make_task(task)
-    if tile_overlap is not None and task == "uncropping":
-        raise PaletteError("--tile: uncropping continues the image as a whole and cannot be sampled in tiles; "
-                           "use palette panorama to extend large images")
-    original = image * 2 - 1
-    if t.scale != 1:
-        original = resize(original, (image.shape[1] * t.scale, image.shape[2] * t.scale))
-    canvas = (size, size) if tile_overlap is None else tiled_canvas(*original.shape[1:], size)
-    small = resize(original, canvas)
-    if not t.masked:
-        x, m = t.condition(small, rng)
-        keep_luma = task == "colorization" and canvas != tuple(original.shape[1:])
-        return Condition(original, x, m, None, False, tile_overlap, keep_luma)
-    h, w = image.shape[1:]
-    if task == "uncropping":
-        full = masks.uncrop_mask(h, w, side)
-    elif mask is None:
-        raise PaletteError("inpainting needs --mask: a mask image (white = fill) or a name such as center, freeform-20-30")
-    elif isinstance(mask, str):
-        try:
-            full = masks.named_mask(mask, h, w, rng)
-        except ValueError as err:
-            raise PaletteError(f"--mask {mask}: {err}") from None
-    else:
-        full = np.asarray(mask, dtype=bool)
-        if full.shape != (h, w):
-            raise PaletteError(f"the mask is {full.shape[1]}x{full.shape[0]} but the image is {w}x{h}")
-    full_t = torch.from_numpy(full.astype(np.float32))[None]
-    # a model pixel is generated if any part of it is in the hole, so thin strokes on large images are not lost
-    small_mask = (resize(full_t, canvas) > 1e-3).float() if (h, w) != canvas else full_t
-    if tile_overlap is not None and any(
-        small_mask[0, top : top + size, left : left + size].all()
-        for top in tile_starts(canvas[0], size, tile_overlap) for left in tile_starts(canvas[1], size, tile_overlap)
-    ):
-        log.warning("a hole covers a whole %d px tile: tiles see no known pixels there; large holes are better "
-                    "filled without --tile", size)
-    x, m = t.condition(small, rng, mask=small_mask[0].numpy().astype(bool))
-    return Condition(original, x, m, full_t, True, tile_overlap)
-
-
-def at_input_size(condition: Condition, sample: torch.Tensor) -> torch.Tensor:
-    """A sample back at the input's size; outside the mask the input's own pixels, exactly."""
-    h, w = condition.original.shape[1:]
-    out = resize(sample.cpu(), (h, w)).clamp(-1, 1)
-    if condition.keep_luma:  # the sampled colours on the input's full-resolution detail, not an upscaled sample's
-        out = with_luma(out, luma(condition.original))
-    if condition.masked:
-        out = out * condition.full_mask + condition.original * (1 - condition.full_mask)
-    return out
+        raise ArgumentError("task", f"{task}: the {where} was trained for {model.config.task.name} ({', '.join(can)}) "
+                            f"and cannot do {task}")
 
 
 def input_files(source: str | Path) -> list[Path]:
@@ -180,70 +73,14 @@ def input_files(source: str | Path) -> list[Path]:
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not files:
-            raise PaletteError(f"--input {source}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ArgumentError("images", f"{source}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return files
-    raise PaletteError(f"--input {source}: no such file or folder")
-
-
-def check_sampling_args(model: PaletteModel, steps: int | None, sampler: str | None, schedule: str | None,
-                        num_samples: int, flag: str = "--", eta: float | None = None,
-                        guidance: float = 0.0) -> tuple[int, str]:
-    """Validate the sampling arguments (``flag`` prefixes their names in messages); returns (steps, schedule)."""
-    if num_samples < 1:
-        name = "--num-samples" if flag else "num_samples"
-        raise PaletteError(f"{name} must be at least 1, got {num_samples}")
-    d = model.config.diffusion
-    steps = d.sample_steps if steps is None else steps
-    schedule = schedule or d.sample_schedule
-    if schedule not in SCHEDULES:
-        raise PaletteError(f"{flag}schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise PaletteError(f"{flag}sampler {sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
-    try:
-        check_sampler(sampler or d.sampler, resolve_eta(sampler or d.sampler, eta, d.eta))
-    except ValueError as err:
-        raise PaletteError(f"{flag}eta: {err}") from None
-    try:
-        check_guidance(model.config, guidance, f"{flag}guidance")
-    except ValueError as err:
-        raise PaletteError(str(err)) from None
-    limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
-    if not 1 <= steps <= limit:
-        raise PaletteError(f"{flag}steps must be between 1 and {limit} (the {schedule} schedule's length), got {steps}")
-    try:
-        check_student(model.config, steps, sampler or d.sampler, resolve_eta(sampler or d.sampler, eta, d.eta),
-                      schedule, flag)
-    except ValueError as err:
-        raise PaletteError(str(err)) from None
-    return steps, schedule
-
-
-def tile_overlap_of(model: PaletteModel, tile: bool, overlap: int | None, flag: str = "--") -> int | None:
-    """The tile overlap in pixels (None: no tiling) of the ``tile`` and ``overlap`` arguments."""
-    if not tile:
-        if overlap is not None:
-            raise PaletteError(f"{flag}overlap is the overlap of tiles: it needs {flag}tile" + ("=True" if not flag else ""))
-        return None
-    size = model.config.model.image_size
-    overlap = size // 4 if overlap is None else overlap
-    if not 0 <= overlap < size:
-        raise PaletteError(f"{flag}overlap must be between 0 and {size - 1} (below the model's size), got {overlap}")
-    return overlap
-
-
-MAX_SEED = 2**32 - 1
-
-
-def check_seed(seed, name: str = "seed") -> int:
-    """``seed`` if it is a whole number from 0 to :data:`MAX_SEED`, else a PaletteError naming ``name``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-        raise PaletteError(f"{name} must be a whole number from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
-    return int(seed)
+    raise ArgumentError("images", f"{source}: no such file or folder")
 
 
 def output_stems(inputs: Sequence[Path]) -> list[str]:
     """The stem of each input's output files: the file's own, or with its extension (a_png, a_jpg) where inputs share
-    a stem (compared without case, as some file systems do); a PaletteError where names would still collide."""
+    a stem (compared without case, as some file systems do); an ArgumentError where names would still collide."""
     counts = Counter(path.stem.casefold() for path in inputs)
     stems = [path.stem if counts[path.stem.casefold()] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
              for path in inputs]
@@ -251,7 +88,7 @@ def output_stems(inputs: Sequence[Path]) -> list[str]:
     for path, stem in zip(inputs, stems):
         other = owners.setdefault(stem.casefold(), path)
         if other != path:
-            raise PaletteError(f"--input: {other} and {path} would both write {stem}_0.png: rename one of them")
+            raise ArgumentError("images", f": {other} and {path} would both write {stem}_0.png: rename one of them")
     return stems
 
 
@@ -275,57 +112,51 @@ def sample_seed(seed: int, key: int | str, k: int) -> int:
 def sample_conditions(
     model: PaletteModel,
     conditions: Sequence[Condition],
-    num_samples: int,
-    steps: int,
-    seed: int = 0,
-    sampler: str | None = None,
-    eta: float | None = None,
-    schedule: str | None = None,
-    batch_size: int = 16,
-    on_step: Callable[[], None] | None = None,
-    save_process: int = 0,
-    batch_invariant: bool = False,
-    seeds: Sequence[int] | None = None,
+    options: SamplingOptions,
     keys: Sequence[int | str] | None = None,
-    guidance: float = 0.0,
+    on_step: Callable[[], None] | None = None,
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
-    """Sample every condition ``num_samples`` times, ``batch_size`` images per network call.
+    """Sample every condition ``options.num_samples`` times, ``options.batch_size`` images per network call.
 
-    Sample k of condition i is seeded by :func:`sample_seed` (``seed``, ``keys[i]``, k), the keys defaulting to the
-    conditions' positions, or by ``seeds[i] + k`` when ``seeds`` is given (the panorama numbers its windows itself).
-    Returns, per condition and sample, the sample at the input's size in [-1, 1] and, with ``save_process`` = P > 0,
-    a strip of the y0 estimates at P evenly spaced steps (the last is the final sample). ``guidance`` is the
-    classifier-free guidance weight w of :meth:`PaletteModel.sample`.
+    ``options`` must be resolved against ``model``'s config (:meth:`SamplingOptions.resolved`). Sample k of
+    condition i is seeded by :func:`sample_seed` (``options.seed``, ``keys[i]``, k), the keys defaulting to the
+    conditions' positions. Conditions of masked and unmasked tasks may share a batch. Returns, per condition and
+    sample, the sample at the input's size in [-1, 1] and, with ``options.save_process`` = P > 0, a strip of the y0
+    estimates at P evenly spaced steps (the last is the final sample).
     """
-    if seeds is not None:
-        seed_of = lambda i, k: seeds[i] + k  # noqa: E731
-    else:
-        keys = range(len(conditions)) if keys is None else list(keys)
-        seed_of = lambda i, k: sample_seed(seed, keys[i], k)  # noqa: E731
-    device = next(model.parameters()).device
-    results: list[list] = [[None] * num_samples for _ in conditions]
-    keep_at = set(np.linspace(1, steps, save_process).round().astype(int).tolist()) if save_process else set()
-    for chunk in _batches(conditions, num_samples, batch_size):
-        first = chunk[0][0]
-        x = torch.stack([c.x for c, _, _ in chunk]).to(device)
-        masked = first.masked
-        m = torch.stack([c.mask for c, _, _ in chunk]).to(device) if masked else None
-        known = torch.stack([resize(c.original, tuple(c.x.shape[1:])) for c, _, _ in chunk]).to(device) if masked else None
-        snapshots: list[torch.Tensor] = []
-
-        def callback(i, n, y, y0_hat):
-            if on_step is not None:
-                on_step()
-            if i in keep_at:
-                snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
-
-        out = model.sample(x, m, known, steps=steps, seeds=[seed_of(i, k) for _, i, k in chunk], callback=callback,
-                           sampler=sampler, eta=eta, schedule=schedule, batch_invariant=batch_invariant,
-                           tile_overlap=first.tile_overlap, guidance=guidance)
-        for j, ((cond, i, k), y) in enumerate(zip(chunk, out)):
-            strip = torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None
-            results[i][k] = (at_input_size(cond, y), strip)
+    keys = range(len(conditions)) if keys is None else list(keys)
+    results: list[list] = [[None] * options.num_samples for _ in conditions]
+    for batch in _batches(conditions, options.num_samples, options.batch_size):
+        seeds = [sample_seed(options.seed, keys[i], k) for _, i, k in batch]
+        samples, strips = _sample_batch(model, [c for c, _, _ in batch], seeds, options, on_step)
+        for (cond, i, k), y, strip in zip(batch, samples, strips):
+            results[i][k] = (cond.at_input_size(y), strip)
     return results
+
+
+def _sample_batch(model: PaletteModel, batch: Sequence[Condition], seeds: list[int], options: SamplingOptions,
+                  on_step: Callable[[], None] | None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """One network batch of conditions of one shape: the samples, and each one's strip of the denoising process."""
+    device = next(model.parameters()).device
+    x = torch.stack([c.x for c in batch]).to(device)
+    mask = known = None
+    if any(c.masked for c in batch):  # an unmasked task's condition generates everywhere, as with no mask at all
+        mask = torch.stack([c.mask if c.masked else torch.ones_like(c.mask[:1]) for c in batch]).to(device)
+        known = torch.stack([resize(c.original, tuple(c.x.shape[1:])) for c in batch]).to(device)
+    keep_at = set(np.linspace(1, options.steps, options.save_process).round().astype(int).tolist())
+    snapshots: list[torch.Tensor] = []
+
+    def callback(i, n, y, y0_hat):
+        if on_step is not None:
+            on_step()
+        if options.save_process and i in keep_at:
+            snapshots.append(y0_hat.detach().cpu() if i < n else y.detach().cpu())
+
+    out = model.sample(x, mask, known, seeds=seeds, callback=callback,
+                       options=dataclasses.replace(options, tile=batch[0].tile_overlap is not None,
+                                                   overlap=batch[0].tile_overlap))
+    strips = [torch.cat([snap[j] for snap in snapshots], dim=2) if snapshots else None for j in range(len(batch))]
+    return out, strips
 
 
 def _batches(conditions: Sequence[Condition], num_samples: int, batch_size: int) -> list[list]:
@@ -341,9 +172,9 @@ def _batches(conditions: Sequence[Condition], num_samples: int, batch_size: int)
     return batches
 
 
-def network_calls(conditions: Sequence[Condition], num_samples: int, batch_size: int, steps: int) -> int:
-    """How many times :func:`sample_conditions` calls ``on_step``: batches x steps."""
-    return len(_batches(conditions, num_samples, batch_size)) * steps
+def network_calls(conditions: Sequence[Condition], options: SamplingOptions) -> int:
+    """How many times :func:`sample_conditions` calls ``on_step``: batches x steps (of resolved ``options``)."""
+    return len(_batches(conditions, options.num_samples, options.batch_size)) * options.steps
 
 
 def sample_files(
@@ -351,42 +182,50 @@ def sample_files(
     task: str,
     inputs: Sequence[Path],
     out_dir: Path,
-    num_samples: int = 1,
-    steps: int | None = None,
-    seed: int = 0,
+    options: SamplingOptions | None = None,
     mask: Path | str | None = None,
     side: str = "right",
-    batch_size: int = 16,
     progress: bool = True,
-    sampler: str | None = None,
-    eta: float | None = None,
-    schedule: str | None = None,
-    save_process: int = 0,
-    batch_invariant: bool = False,
-    tile_overlap: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     stems: Sequence[str] | None = None,
-    guidance: float = 0.0,
+    **settings: Any,
 ) -> list[Path]:
-    """Write ``<stem>_<k>.png`` for k < num_samples and ``<stem>_input.png`` for each input; returns the samples.
+    """Write ``<stem>_<k>.png`` for each sample k and ``<stem>_input.png`` for each input; returns the samples.
 
-    ``stems`` default to :func:`output_stems` of ``inputs``. Every input is read (a file above ``max_pixels`` pixels
-    is refused from its header) before anything is written.
-
-    They are 16-bit PNG files when the input file or the model's training targets have 16-bit samples. With
-    ``tile_overlap`` each image is sampled at its own size in overlapping tiles of the model's size. ``guidance`` is
-    the classifier-free guidance weight (0: none).
-
-    With ``save_process`` = P > 0, also ``<stem>_<k>_process.png``: a strip of the y0 estimates at P evenly spaced
-    steps, the last being the final sample (the paper's figures of the denoising process).
+    ``options`` (or the :class:`SamplingOptions` ``settings`` such as ``steps=20``) say how to sample; ``stems``
+    default to :func:`output_stems` of ``inputs``. Every input is read (a file above ``max_pixels`` pixels is refused
+    from its header) before anything is written. They are 16-bit PNG files when the input file or the model's
+    training targets have 16-bit samples. With ``options.tile`` each image is sampled at its own size in overlapping
+    tiles of the model's size. With ``options.save_process`` = P > 0, also ``<stem>_<k>_process.png``: a strip of the
+    y0 estimates at P evenly spaced steps, the last being the final sample (the paper's figures of the process).
     """
     from tqdm.auto import tqdm
 
     check_task(model, task)
-    steps, schedule = check_sampling_args(model, steps, sampler, schedule, num_samples, eta=eta, guidance=guidance)
-    check_seed(seed, "--seed")
+    options = SamplingOptions.of(options, **settings).resolved(model.config)
     stems = output_stems(inputs) if stems is None else list(stems)
+    conditions, bits = _read_inputs(model, task, inputs, options, mask, side, max_pixels)
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stem, cond, depth in zip(stems, conditions, bits):
+        save_image(cond.as_seen(), out_dir / f"{stem}_input.png", depth)
+    total = network_calls(conditions, options)
+    with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
+        results = sample_conditions(model, conditions, options, keys=[path.name for path in inputs],
+                                    on_step=lambda: bar.update(1))
+    written = []
+    for stem, depth, samples in zip(stems, bits, results):
+        for k, (sample, strip) in enumerate(samples):
+            written.append(out_dir / f"{stem}_{k}.png")
+            save_image(sample, written[-1], depth)
+            if strip is not None:
+                save_image(strip, out_dir / f"{stem}_{k}_process.png")
+    return written
+
+
+def _read_inputs(model: PaletteModel, task: str, inputs: Sequence[Path], options: SamplingOptions,
+                 mask: Path | str | None, side: str, max_pixels: int | None) -> tuple[list[Condition], list[int]]:
+    """Each input file's condition and the bit depth its outputs are written with."""
     channels = model.config.model.condition_channels
     conditions, bits = [], []
     for path in inputs:
@@ -394,44 +233,9 @@ def sample_files(
             image = load_image(path, channels, max_pixels)
             depth = max(probe(path, max_pixels).bits, model.config.data.target_bits)
         except (OSError, ValueError) as err:
-            raise PaletteError(f"--input {path}: cannot be read as an image ({err})") from None
-        rng = np.random.default_rng([seed, input_key(path.name)])  # the file's own generated mask and degradation
-        conditions.append(make_condition(model, task, image, rng, resolve_mask(mask, image), side, tile_overlap))
+            raise ArgumentError("images", f"{path}: cannot be read as an image ({err})") from None
+        rng = np.random.default_rng([options.seed, input_key(path.name)])  # the file's own mask and degradation
+        conditions.append(make_condition(model.config.model.image_size, task, image, rng, resolve_mask(mask, image),
+                                         side, options.tile_overlap))
         bits.append(depth)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stem, cond, depth in zip(stems, conditions, bits):
-        save_image(input_as_seen(cond), out_dir / f"{stem}_input.png", depth)
-    total = network_calls(conditions, num_samples, batch_size, steps)
-    with tqdm(total=total, desc=f"sample {task}", unit="step", disable=not progress) as bar:
-        results = sample_conditions(model, conditions, num_samples, steps, seed, sampler, eta, schedule, batch_size,
-                                    on_step=lambda: bar.update(1), save_process=save_process,
-                                    batch_invariant=batch_invariant, keys=[path.name for path in inputs],
-                                    guidance=guidance)
-    written = []
-    for stem, depth, samples in zip(stems, bits, results):
-        for k, (sample, strip) in enumerate(samples):
-            target = out_dir / f"{stem}_{k}.png"
-            save_image(sample, target, depth)
-            written.append(target)
-            if strip is not None:
-                save_image(strip, out_dir / f"{stem}_{k}_process.png")
-    return written
-
-
-def input_as_seen(condition: Condition) -> torch.Tensor:
-    """The model input as a person should see it, at the input's size (holes grey)."""
-    if condition.masked:
-        return condition.original * (1 - condition.full_mask)
-    return resize(condition.x, tuple(condition.original.shape[1:]))
-
-
-def resolve_mask(mask: str | Path | None, image: torch.Tensor) -> np.ndarray | str | None:
-    """``--mask``: a mask image file of the image's size, or the name of a generated mask."""
-    if mask is None:
-        return None
-    if Path(mask).is_file():
-        return read_mask(Path(mask), tuple(image.shape[1:]))
-    name = str(mask)
-    if name in masks.MASK_NAMES or name.startswith("freeform-"):
-        return name
-    raise PaletteError(f"--mask {mask}: no such file, and not a mask name ({', '.join(masks.MASK_NAMES)})")
+    return conditions, bits

@@ -11,13 +11,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from .data import load_image, resize
+from .data_files import Item, item_files_with_channels
+from .conditions import Condition
 from .imagefile import to_pil
-from .tasks import PAIRED, Sample, make_task, sample_tasks
-
-
-def visible_input(x: torch.Tensor, mask: torch.Tensor, masked: bool) -> torch.Tensor:
-    """What a person should see of the model input: the noise in a hole is shown as flat grey."""
-    return x * (1 - mask) if masked else x
+from .sampling import network_calls, sample_conditions
+from .sampling_options import SamplingOptions
+from .tasks import Task, make_task, sample_tasks
 
 
 def center_square(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -47,93 +46,71 @@ def compose_sheet(rows: Sequence[Sequence[torch.Tensor]], headers: Sequence[str]
 
 @dataclass
 class SheetRow:
-    """Row ``index`` of sheet ``sheet``: an example whose input is sampled (with its mask where ``masked``)."""
+    """Row ``index`` of sheet ``sheet``: a condition to sample, whose known image is the row's ground truth."""
 
     sheet: str
     index: int
-    example: Sample
-    masked: bool
+    condition: Condition
+
+    @classmethod
+    def of_task(cls, task: Task, index: int, images: Sequence[torch.Tensor], seed: int) -> "SheetRow":
+        """Row ``index`` of ``task``'s sheet: its example of ``images``, drawn with the seed (``seed``, index)."""
+        example = task.example(images, np.random.default_rng([seed, index]))
+        return cls(task.name, index, Condition.of_example(example, task.masked))
+
+    @property
+    def key(self) -> str:
+        """The row's key in :func:`~palette.sampling.sample_seed`: the same however rows are shared out."""
+        return f"{self.sheet}/{self.index}"
 
 
 @torch.no_grad()
-def task_sheet(model, task_name: str, targets: torch.Tensor, num_samples: int, seed: int, steps: int | None,
-               device: torch.device, progress: bool = False) -> Image.Image:
-    """Degrade ``targets`` (N, C, H, W) with ``task_name`` (fixed seed) and sample each ``num_samples`` times."""
+def task_sheet(model, task_name: str, targets: torch.Tensor, options: SamplingOptions,
+               progress: bool = False) -> Image.Image:
+    """Degrade ``targets`` (N, C, H, W) with ``task_name`` (fixed seed) and sample each ``options.num_samples``
+    times: one row of input | samples | ground truth per target."""
     task = make_task(task_name)
-    examples = [task(y, np.random.default_rng([seed, i])) for i, y in enumerate(targets)]
-    return examples_sheet(model, task_name, examples, task.masked, num_samples, seed, steps, device, progress)
+    rows = [SheetRow.of_task(task, i, (y,), options.seed) for i, y in enumerate(targets)]
+    return compose_rows(rows, sample_rows(model, rows, options, progress))
 
 
 @torch.no_grad()
-def examples_sheet(model, name: str, examples: Sequence[Sample], masked: bool, num_samples: int, seed: int,
-                   steps: int | None, device: torch.device, progress: bool = False) -> Image.Image:
-    """Sample each example's x ``num_samples`` times: one row of input | samples | ground truth per example."""
-    rows = [SheetRow(name, i, e, masked) for i, e in enumerate(examples)]
-    return compose_rows(rows, sample_rows(model, rows, num_samples, seed, steps, device, progress))
-
-
-@torch.no_grad()
-def sample_rows(model, rows: Sequence[SheetRow], num_samples: int, seed: int, steps: int | None,
-                device: torch.device, progress: bool = False, max_batch: int | None = None) -> list[list[torch.Tensor]]:
-    """The ``num_samples`` samples (on the CPU) of each row's input, in batches of at most ``max_batch`` images
-    (default: all rows at once). Sample k of row i of a sheet has the seed ``seed * 1000 + i * num_samples + k``, so
-    a sheet is the same however its rows are shared out over batches or processes (up to floating-point rounding,
-    which on a GPU can depend on the batch)."""
+def sample_rows(model, rows: Sequence[SheetRow], options: SamplingOptions,
+                progress: bool = False) -> list[list[torch.Tensor]]:
+    """The samples (on the CPU) of each row's input, ``options.batch_size`` images per network call. Sample k of a
+    row is seeded by (``options.seed``, the row's key, k), so a sheet is the same however its rows are shared out
+    over batches or processes (up to floating-point rounding, which on a GPU can depend on the batch)."""
     from tqdm.auto import tqdm
 
     if not rows:
         return []
-    per_batch = len(rows) if max_batch is None else max(1, max_batch // num_samples)
-    if per_batch < len(rows):
-        return [samples for start in range(0, len(rows), per_batch)
-                for samples in sample_rows(model, rows[start : start + per_batch], num_samples, seed, steps, device,
-                                           progress)]
-
-    def stacked(get) -> torch.Tensor:
-        return torch.stack([get(r) for r in rows]).repeat_interleave(num_samples, 0).to(device)
-
-    x = stacked(lambda r: r.example.x)
-    # mask 1 = generated: an unmasked task's row generates everywhere, as with no mask at all
-    mask = stacked(lambda r: r.example.mask if r.masked else torch.ones_like(r.example.mask[:1]))
-    known = stacked(lambda r: r.example.y)
-    seeds = [seed * 1000 + r.index * num_samples + k for r in rows for k in range(num_samples)]
-    steps = steps or model.config.diffusion.sample_steps
-    any_masked = any(r.masked for r in rows)
+    options = options.resolved(model.config)
+    conditions = [r.condition for r in rows]
     names = ", ".join(dict.fromkeys(r.sheet for r in rows))
-    with tqdm(total=steps, desc=f"sample {names}", unit="step", disable=not progress, leave=False) as bar:
-        out = model.sample(x, mask if any_masked else None, known if any_masked else None, steps=steps, seeds=seeds,
-                           callback=lambda *a: bar.update(1)).cpu()
-    return [list(out[i * num_samples : (i + 1) * num_samples]) for i in range(len(rows))]
+    with tqdm(total=network_calls(conditions, options), desc=f"sample {names}", unit="step", disable=not progress,
+              leave=False) as bar:
+        results = sample_conditions(model, conditions, options, keys=[r.key for r in rows],
+                                    on_step=lambda: bar.update(1))
+    return [[sample for sample, _ in samples] for samples in results]
 
 
 def compose_rows(rows: Sequence[SheetRow], samples: Sequence[Sequence[torch.Tensor]]) -> Image.Image:
     """One sheet: per row, input | samples | ground truth."""
     num_samples = len(samples[0])
-    grid = [[visible_input(r.example.x, r.example.mask, r.masked), *s, r.example.y] for r, s in zip(rows, samples)]
+    grid = [[r.condition.as_seen(), *s, r.condition.original] for r, s in zip(rows, samples)]
     headers = ["input", *(f"sample {k + 1}" for k in range(num_samples)), "truth"]
-    return compose_sheet(grid, headers, scale=max(1, 128 // rows[0].example.y.shape[-1]))
+    return compose_sheet(grid, headers, scale=max(1, 128 // rows[0].condition.original.shape[-1]))
 
 
-def training_rows(items: Sequence, config) -> list[SheetRow]:
-    """The rows of every sheet of a training run: the first ``train.sheet_images`` images (or pairs) of the data,
-    degraded by each task the model can do (with seeds fixed by ``train.seed``)."""
+def training_rows(items: Sequence[Item], config) -> list[SheetRow]:
+    """The rows of every sheet of a training run: the first ``train.sheet_images`` items of the data (images, or
+    pairs), centre-cropped, made an example of by each task the model can do (with seeds fixed by ``train.seed``)."""
     size, channels, seed = config.model.image_size, config.model.channels, config.train.seed
-    items = list(items)[: config.train.sheet_images]
-    if config.task.name == PAIRED:
-        source_channels = config.model.condition_channels
-        rows = []
-        for i, (source, target) in enumerate(items):
-            y = center_square(load_image(target, channels), size) * 2 - 1
-            x = center_square(load_image(source, source_channels), size) * 2 - 1
-            rows.append(SheetRow(PAIRED, i, Sample(x, y, torch.ones((1, size, size))), False))
-        return rows
-    targets = [center_square(load_image(p, channels), size) * 2 - 1 for p in items]
-    rows = []
-    for name in sample_tasks(config.task.name, config.task.tasks):
-        task = make_task(name)
-        rows += [SheetRow(name, i, task(y, np.random.default_rng([seed, i])), task.masked)
-                 for i, y in enumerate(targets)]
-    return rows
+    decoded = [[center_square(load_image(path, c), size) * 2 - 1
+                for path, c in item_files_with_channels(item, channels, config.model.condition_channels)]
+               for item in list(items)[: config.train.sheet_images]]
+    return [SheetRow.of_task(make_task(name), i, images, seed)
+            for name in sample_tasks(config.task.name, config.task.tasks) for i, images in enumerate(decoded)]
 
 
 def write_training_sheets(rows: Sequence[SheetRow], samples: Sequence[Sequence[torch.Tensor]], out_dir: Path,

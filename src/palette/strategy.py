@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
+from . import checkpoint as ckpt, run_folder
 from .config import Config, use_channels_last
 from .devices import resolve_device
 from .distributed import check_joined, check_launched_device, check_launcher, from_main, on_cpu, process_group_kwargs
-from .errors import PaletteError
+from .errors import ArgumentError, PaletteError
 from .sharding import full_tensor, load_shards, local, save_shards, shard_network
 
 
@@ -45,32 +45,33 @@ def make_accelerator(config: Config):
     from accelerate.utils import InitProcessGroupKwargs
 
     # accelerate keeps one state per process; a process that trains several runs (a notebook, the tests) with other
-    # devices or precisions starts from a clean one (a launched run keeps its process group)
+    # devices or precisions starts from a clean one (a launched run keeps its process group). accelerate has no
+    # public reset; this is the one its own tests use.
     AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", 1)) == 1)
     GradientState._reset_state()
 
     name = config.train.device
     check_launcher()
-    check_launched_device(name, strict=False)  # train.device may come from the config of a resumed run
-    device = resolve_device(name) if name != "auto" else None
+    check_launched_device(name, strict=False, argument="train.device")  # it may come from a resumed run's config
+    device = resolve_device(name, "train.device") if name != "auto" else None
     if device is not None and device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(device)  # one process on a chosen GPU
     cpu = on_cpu(name)
     if config.train.mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
-        raise PaletteError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on a CPU")
+        raise ArgumentError("train.mixed_precision", "fp16 needs a CUDA GPU; use bf16 on a CPU")
     if config.train.low_precision_norm and config.train.mixed_precision == "no":
-        raise PaletteError("--low-precision-norm (train.low_precision_norm) needs --mixed-precision bf16 or fp16")
+        raise ArgumentError("train.low_precision_norm", "needs train.mixed_precision bf16 or fp16")
     timeout = process_group_kwargs(config.train.collective_timeout_minutes)
     accelerator = Accelerator(cpu=cpu, mixed_precision=config.train.mixed_precision,
                               kwargs_handlers=[InitProcessGroupKwargs(**timeout)])
-    check_joined(accelerator.num_processes)
+    check_joined(accelerator.num_processes, "train.device")
     return accelerator
 
 
 def check_sharding(config: Config) -> None:
     """Refuse what FSDP does not train (the trainer checks it before it scans the data)."""
     if config.train.sharding == "fsdp" and config.train.mixed_precision == "fp16":
-        raise PaletteError("--sharding fsdp trains in fp32 or --mixed-precision bf16, not fp16")
+        raise ArgumentError("train.sharding", "fsdp trains in fp32 or with train.mixed_precision bf16, not fp16")
 
 
 def make_strategy(config: Config, accelerator) -> "Strategy":
@@ -169,9 +170,10 @@ class Strategy(abc.ABC):
     def restore(self, checkpoint: Path) -> dict[str, Any]:
         """Load the weights, EMA and optimizer state of ``checkpoint`` (whole or sharded, written on any number of
         processes) into the wrapped network; returns its training state. Every process calls it."""
-        optimizer, training = ckpt.read_training_state(checkpoint)  # once: a whole checkpoint's holds all the moments
-        if ckpt.is_sharded(checkpoint):
-            ckpt.check_shards(checkpoint)
+        # read once: a whole checkpoint's state holds all the moments
+        optimizer, training = run_folder.read_training_state(checkpoint)
+        if run_folder.is_sharded(checkpoint):
+            run_folder.check_shards(checkpoint)
             self._load_shards(checkpoint, optimizer["param_groups"])
         else:
             self._load_whole(checkpoint, optimizer)
@@ -191,7 +193,7 @@ class Strategy(abc.ABC):
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         state, _ = self._held_state()
-        load_shards(checkpoint / ckpt.SHARDS, state)
+        load_shards(checkpoint / run_folder.SHARDS, state)
         set_model_state_dict(self.net, state["model"])
         set_model_state_dict(self.ema, state["ema"])
         set_optimizer_state_dict(self.net, self._torch_optimizer, {"state": state["optimizer"],
@@ -250,7 +252,7 @@ class DataParallel(Strategy):
         """The main process writes the whole tensors; returns the checkpoint there (None elsewhere)."""
         if not self.main:
             return None
-        return ckpt.write_checkpoint(run_dir, step, self.net.state_dict(), self.ema.state_dict(),
+        return run_folder.write_checkpoint(run_dir, step, self.net.state_dict(), self.ema.state_dict(),
                                      self._torch_optimizer.state_dict(), self.config, training, keep=keep)
 
 
@@ -293,28 +295,28 @@ class FullySharded(Strategy):
         """Every process writes its shards into the checkpoint's temporary folder, then the main process writes the
         gathered EMA and the training state and completes the folder. A collective: every process calls it."""
         tmp = self._new_checkpoint_folder(run_dir, step)
-        with ckpt.checkpoint_errors(run_dir, step):
+        with run_folder.checkpoint_errors(run_dir, step):
             try:
                 state, groups = self._held_state()
-                save_shards(tmp / ckpt.SHARDS, state)
+                save_shards(tmp / run_folder.SHARDS, state)
                 ema = self.ema_state_dict()  # every process takes part; the main one keeps it
                 if not self.main:
                     return None
                 ckpt.save_weights(tmp / "ema.safetensors", ema, self.config, step=step, weights="ema")
-                ckpt.write_training_state(tmp, {"state": {}, "param_groups": groups}, training)
+                run_folder.write_training_state(tmp, {"state": {}, "param_groups": groups}, training)
             except BaseException:
                 if self.main:
                     shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            return ckpt.complete_checkpoint(run_dir, tmp, step, keep)
+            return run_folder.complete_checkpoint(run_dir, tmp, step, keep)
 
     def _new_checkpoint_folder(self, run_dir: Path, step: int) -> Path:
         """The temporary folder the main process makes for checkpoint ``step``, on every process (or its error)."""
         folder = None
         if self.main:
             try:
-                with ckpt.checkpoint_errors(run_dir, step):
-                    folder = ckpt.new_checkpoint_folder(run_dir, step)
+                with run_folder.checkpoint_errors(run_dir, step):
+                    folder = run_folder.new_checkpoint_folder(run_dir, step)
             except PaletteError as err:
                 folder = err
         folder = from_main(folder)

@@ -95,11 +95,18 @@ class Task:
         """The model input x and the mask for ``image`` under ``params``."""
         raise NotImplementedError
 
-    def __call__(self, y: torch.Tensor, rng: np.random.Generator) -> Sample:
+    def example(self, images: Sequence[torch.Tensor], rng: np.random.Generator) -> Sample:
+        """The training example of one data item, given as its images: a degradation's item is the target y alone,
+        and x is made from it with parameters drawn from ``rng``."""
+        (y,) = images
         params = self.draw(y.shape[1], y.shape[2], rng)
         x, mask = self.condition(y, rng, **params)
         info = {"task": self.name, **{k: v for k, v in params.items() if not isinstance(v, np.ndarray)}}
         return Sample(x, y, mask, info)
+
+    def __call__(self, y: torch.Tensor, rng: np.random.Generator) -> Sample:
+        """The training example of the target ``y``."""
+        return self.example((y,), rng)
 
     def check_channels(self, channels: int) -> None:
         """Raise ValueError if the task cannot work on images of ``channels`` channels."""
@@ -276,12 +283,14 @@ class Denoising(Task):
 
 
 class Paired(Task):
-    """x is given by the data: a source image paired with its target (:func:`palette.data.list_pairs`)."""
+    """x is given by the data: an item is a source image and its target (:func:`palette.data_files.list_pairs`), and
+    the model generates the whole target from the source."""
 
     name = PAIRED
 
-    def __call__(self, y, rng):
-        raise ValueError("paired examples come from source and target files, not from a degradation of y")
+    def example(self, images, rng):
+        source, target = images
+        return Sample(source, target, _full_mask(target), {"task": self.name})
 
     def condition(self, image, rng, **params):
         return image, _full_mask(image)
@@ -302,9 +311,9 @@ class MultiTask(Task):
         self.weights = w / w.sum()
         self.masked = any(t.masked for t in tasks)
 
-    def __call__(self, y, rng):
+    def example(self, images, rng):
         task = self.tasks[int(rng.choice(len(self.tasks), p=self.weights))]
-        return task(y, rng)
+        return task.example(images, rng)
 
     def check_channels(self, channels):
         for task in self.tasks:

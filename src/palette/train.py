@@ -15,8 +15,6 @@ uninterrupted one exactly, also on another number of processes (up to floating-p
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import math
 import time
@@ -27,176 +25,42 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
+from . import run_folder
 from .config import Config
-from .data import (
-    StepSampler, TrainingData, list_images, list_pairs, probe_items, scan_images, summarize_scan, training_loader,
-)
+from .data_files import list_images, list_pairs
+from .data_scan import probe_items, scan_images, summarize_scan
 from .devices import configure_cuda
 from .diffusion import NoiseSchedule
 from .distill import build_student, student_levels
 from .distributed import from_main, gather_interleaved
-from .errors import PaletteError
+from .errors import ArgumentError, PaletteError
+from .loader_workers import loader_batches
 from .model import PaletteModel
 from .strategy import check_sharding, make_accelerator, make_strategy
+from .run_config import check_resumable, with_data_properties
+from .sampling_options import SamplingOptions
 from .sheets import sample_rows, training_rows, write_training_sheets
+from .stop_signals import StopRequest
 from .tasks import PAIRED, make_task
+from .training_data import StepSampler, TrainingData, training_loader
+from .training_schedule import batch_layout, ema_decay, learning_rate, step_seed
 
 log = logging.getLogger(__name__)
 _clock = time.monotonic  # the time limit's clock (tests replace it)
 
-
-def step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step, 7]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def learning_rate(config: Config, step: int) -> float:
-    """Linear warm-up from 0 to ``lr`` over ``warmup_steps``, then constant (the paper)."""
-    warmup = config.train.warmup_steps
-    return config.train.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.train.lr
-
-
-def ema_decay(config: Config, step: int) -> float:
-    decay = config.train.ema_decay
-    return min(decay, (1 + step) / (10 + step)) if config.train.ema_warmup else decay
-
-
-_FIXED_KEYS = ("task", "model", "diffusion.objective")
-
-
-def check_resumable(saved: Config, wanted: Config, run_dir: Path) -> None:
-    """A resumed run must keep the network, the task and the objective of the checkpoint."""
-    s, w = saved.to_dict(), wanted.to_dict()
-    for key in _FIXED_KEYS:
-        a, b = s, w
-        for part in key.split("."):
-            a, b = a[part], b[part]
-        if a != b:
-            if key == "model" and s["model"]["image_size"] != w["model"]["image_size"]:
-                raise PaletteError(
-                    f"{run_dir} was trained at image size {s['model']['image_size']}, not "
-                    f"{w['model']['image_size']}: drop --image-size to resume, or start a new --out folder"
-                )
-            raise PaletteError(
-                f"{run_dir} holds a run with a different {key} ({a} vs {b}): resume without changing it, "
-                "or start a new --out folder"
-            )
-
-
-class StopRequest:
-    """SIGTERM (what schedulers send before they end a job, and what torchrun passes on) and SIGUSR1 (for SLURM's
-    ``--signal`` when the training processes are srun's own tasks: torchrun itself dies of SIGUSR1) ask training to
-    stop: it finishes the step, writes a checkpoint and returns. Installed only in the main thread; restored
-    afterwards."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1")
-
-    def __init__(self):
-        import signal
-        import threading
-
-        self.signal: str | None = None
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                number = getattr(signal, name, None)
-                if number is not None:
-                    self.previous[number] = signal.signal(number, self._handle)
-        self.installed = bool(self.previous)
-
-    def _handle(self, number, frame) -> None:
-        import signal
-
-        self.signal = signal.Signals(number).name
-
-    def uninstall(self) -> None:
-        import signal
-
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        self.previous = {}
-
-
-def batch_layout(batch_size: int, processes: int, micro_batch_size: int = 0) -> tuple[int, int]:
-    """(micro-batch, accumulation steps) per process for a global ``batch_size`` over ``processes``.
-
-    The accumulation count is the smallest divisor of the per-process share that keeps micro-batches within
-    ``micro_batch_size`` (0: no limit), so every micro-batch has the same size: 1024 on 8 processes with
-    micro_batch_size 48 is 128 per process, 4 micro-batches of 32.
-    """
-    if batch_size % processes:
-        raise PaletteError(f"--batch-size {batch_size} is the global batch: it must be divisible by the {processes} "
-                           "processes")
-    share = batch_size // processes
-    limit = micro_batch_size or share
-    accumulation = next(a for a in range(-(-share // limit), share + 1) if share % a == 0)
-    return share // accumulation, accumulation
-
-
-def with_data_properties(config: Config, channels: tuple[int, ...], bits: tuple[int, ...]) -> Config:
-    """The config with what the data decides: the bit depth of the targets and, for paired data, the channels of
-    the source and the target (3 if any file of that side is in colour, else 1)."""
-    model = config.model
-    if config.task.name == PAIRED:
-        model = dataclasses.replace(model, source_channels=channels[0], channels=channels[1])
-        log.info("paired data: %d-channel sources, %d-channel targets, %d-bit targets", channels[0], channels[1],
-                 bits[-1])
-    data = dataclasses.replace(config.data, target_bits=bits[-1])
-    return dataclasses.replace(config, model=model, data=data)
-
-
-@contextlib.contextmanager
-def loader_batches(loader):
-    """The batches of a DataLoader; when the block fails, its worker processes are killed at once. They ignore SIGTERM
-    (a scheduler signals the whole job, and the training process needs them to finish its step), so Python's exit,
-    which terminates and then joins its child processes, would otherwise wait for them for ever. A PaletteError
-    raised in a worker reaches the user as its own one line, without the worker's traceback torch wraps it in."""
-    batches = iter(loader)
-    try:
-        yield batches
-    except PaletteError as err:
-        kill_workers(batches)
-        raise PaletteError(worker_message(str(err))) from None
-    except BaseException:
-        kill_workers(batches)
-        raise
-
-
-def worker_message(text: str) -> str:
-    """The message of an error as raised in a DataLoader worker, out of torch's "Caught ... in DataLoader worker
-    process N. Original Traceback ..." wrapper (the text itself when it is not wrapped)."""
-    if "DataLoader worker process" not in text or "Original Traceback" not in text:
-        return text
-    last = text.rstrip().splitlines()[-1]
-    return last.split(": ", 1)[1] if last.startswith(f"{PaletteError.__module__}.PaletteError: ") else last
-
-
-def kill_workers(batches) -> None:
-    """Kill the worker processes of a DataLoader iterator (none for ``num_workers=0``). They are first taken off
-    torch's watch for dying workers, whose SIGCHLD handler would raise over the error being reported."""
-    workers = getattr(batches, "_workers", ())
-    if getattr(batches, "_worker_pids_set", False):
-        from torch.utils.data._utils import signal_handling
-
-        signal_handling._remove_worker_pids(id(batches))
-        batches._worker_pids_set = False
-    for worker in workers:
-        if worker.is_alive():
-            worker.kill()
-    for worker in workers:
-        worker.join(timeout=10)
-
-
 class Trainer:
-    """Trains ``config`` into ``run_dir``. The main process holds the run folder's lock (:class:`checkpoint.RunLock`)
-    from construction until :meth:`fit` ends: a second ``palette train`` on the folder is refused meanwhile."""
+    """Trains ``config`` into ``run_dir``. The main process holds the run folder's lock (:class:`run_folder.RunLock`)
+    from construction until :meth:`fit` ends: a second ``palette train`` on the folder is refused meanwhile.
 
-    def __init__(self, config: Config, run_dir: Path, resume: bool = False, progress: bool = True):
+    With ``run_dir`` None the trainer has neither data nor a run folder: the model, strategy and :meth:`train_step`
+    that ``palette train`` builds, for batches made elsewhere (``palette bench`` times its step on random ones)."""
+
+    def __init__(self, config: Config, run_dir: Path | None, resume: bool = False, progress: bool = True):
         config.validate()
-        self.config, self.run_dir = config, Path(run_dir)
+        self.config, self.run_dir = config, None if run_dir is None else Path(run_dir)
         self.accelerator = make_accelerator(config)
         self.main = self.accelerator.is_main_process
-        self.lock = ckpt.RunLock(self.run_dir) if self.main else None
+        self.lock = run_folder.RunLock(self.run_dir) if self.main and self.run_dir is not None else None
         if self.lock is not None:
             weakref.finalize(self, self.lock.release)  # a trainer dropped without fit() lets go of the folder
         try:
@@ -212,31 +76,22 @@ class Trainer:
 
     @classmethod
     def without_data(cls, config: Config) -> "Trainer":
-        """A trainer of ``config`` with neither data nor a run folder: the model, strategy and :meth:`train_step` that
-        ``palette train`` builds, for batches made elsewhere (``palette bench`` times its step on random ones)."""
-        config.validate()
-        trainer = cls.__new__(cls)
-        trainer.config, trainer.run_dir, trainer.lock = config, None, None
-        trainer.accelerator = make_accelerator(config)
-        trainer.main = trainer.accelerator.is_main_process
-        trainer._set_up_processes(progress=False)
-        trainer.paths, trainer.bad_files = [], 0
-        trainer._build()
-        trainer.strategy.wrap(trainer.model)
-        return trainer
+        """A trainer of ``config`` with neither data nor a run folder (``run_dir`` None), without a progress bar."""
+        return cls(config, None, progress=False)
 
     def _prepare(self, resume: bool, progress: bool) -> None:
-        """The named steps of a run's set-up. The network is wrapped before a checkpoint is restored into it, so
-        each FSDP process reads only its own shards."""
+        """The named steps of a run's set-up; without a run folder, there is no data to scan, nothing to restore and
+        no config to save. The network is wrapped before a checkpoint is restored into it, so each FSDP process reads
+        only its own shards."""
         self._set_up_processes(progress)
         existing = self._check_run_folder(resume)
-        report = self._scan_data()
-        self._finish_config(report)
+        self._finish_config(self._scan_data() if self.run_dir is not None else None)
         self._build()
         self.strategy.wrap(self.model)
-        if resume:
+        if existing is not None:
             self._restore(existing)
-        self._save_config()
+        if self.run_dir is not None:
+            self._save_config()
 
     def _set_up_processes(self, progress: bool) -> None:
         """This process's place in the run, its device, and how the processes share the batch and the network."""
@@ -252,18 +107,21 @@ class Trainer:
         try:
             self.task.check_channels(self.config.model.channels)
         except ValueError as err:
-            raise PaletteError(f"--task {self.config.task.name}: {err}") from None
+            raise ArgumentError("task.name", f"{self.config.task.name}: {err}") from None
 
     def _check_run_folder(self, resume: bool) -> Path | None:
         """The checkpoint to resume (None for a new run); a run is continued only when asked to."""
-        existing = ckpt.latest_checkpoint(self.run_dir)
+        if self.run_dir is None:
+            if resume:
+                raise ArgumentError("resume", ": a trainer without a run folder (run_dir) has nothing to resume")
+            return None
+        existing = run_folder.latest_checkpoint(self.run_dir)
         if existing is not None and not resume:
-            raise PaletteError(
-                f"--out {self.run_dir} already holds a run (last checkpoint {existing.name}): pass --resume to "
-                "continue it, or choose another --out folder"
-            )
+            raise ArgumentError("resume", f"is off, but {self.run_dir} already holds a run (last checkpoint "
+                                f"{existing.name}): turn it on to continue the run, or give {{run_dir}} another "
+                                "folder", also=("run_dir",))
         if resume and existing is None:
-            raise PaletteError(f"--resume: {self.run_dir} holds no checkpoint to resume from")
+            raise ArgumentError("resume", f": {self.run_dir} holds no checkpoint to resume from")
         return existing
 
     def _scan_data(self):
@@ -272,7 +130,10 @@ class Trainer:
         return self._scan(lambda: list_pairs(data) if self.config.task.name == PAIRED else list_images(data))
 
     def _finish_config(self, report) -> None:
-        """Keep the readable files, and finish the config with what the data decides."""
+        """Keep the readable files, and finish the config with what the data decides (no ``report``: no data)."""
+        if report is None:
+            self.paths, self.bad_files = [], 0
+            return
         self.paths = report.readable
         self.bad_files = len(report.unreadable)
         self.config = with_data_properties(self.config, report.channels, report.bits)
@@ -305,7 +166,8 @@ class Trainer:
             try:
                 self.config.save(self.run_dir / "config.yaml")
             except OSError as err:
-                raise PaletteError(f"--out {self.run_dir}: cannot write config.yaml ({err.strerror or err})") from None
+                raise ArgumentError("run_dir", f"{self.run_dir}: cannot write config.yaml ({err.strerror or err})") \
+                    from None
 
     def _scan(self, list_items):
         """List the data files (``list_items()``) on the main process and check their headers, each process a slice
@@ -331,7 +193,7 @@ class Trainer:
 
     def _restore(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint``: its weights, EMA, optimizer state and step."""
-        check_resumable(ckpt.checkpoint_config(checkpoint), self.config, self.run_dir)
+        check_resumable(run_folder.checkpoint_config(checkpoint), self.config, self.run_dir)
         training = self.strategy.restore(checkpoint)
         self.step = int(training["step"])
         previous = training.get("processes")
@@ -399,7 +261,7 @@ class Trainer:
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            last = ckpt.latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+            last = run_folder.latest_checkpoint(self.run_dir) if self.run_dir is not None else None
             raise PaletteError(
                 f"the loss became {loss} at step {self.step}: training stopped. The last good checkpoint is "
                 f"{last if last else '(none written yet)'}; try a lower train.lr or a larger train.warmup_steps"
@@ -426,7 +288,7 @@ class Trainer:
         remaining = cfg.steps - self.step
         if remaining <= 0:
             log.info("%s is already at step %d of %d", self.run_dir, self.step, cfg.steps)
-            return ckpt.latest_checkpoint(self.run_dir)
+            return run_folder.latest_checkpoint(self.run_dir)
         if self.main:
             log.info(
                 "training %s on %d process(es) (%s, %s precision, %s): %d images, global batch %d = %d process(es) x "
@@ -479,7 +341,7 @@ class Trainer:
                                else f"time limit of {cfg.time_limit_minutes:g} minutes reached"
                                if deadline is not None and _clock() > deadline
                                else "stopped because another process received a stop signal")
-                        log.info("%s at step %d of %d: checkpoint written; continue with --resume", why, self.step,
+                        log.info("%s at step %d of %d: checkpoint written; resume to continue", why, self.step,
                                  cfg.steps)
                     break
         finally:
@@ -508,8 +370,8 @@ class Trainer:
         ema_model.net.load_state_dict(self.ema_state_dict(everywhere=True))
         ema_model.eval()
         rows = training_rows(self.paths, self.config)
-        samples = sample_rows(ema_model, rows[self.rank::self.world], cfg.sheet_samples, cfg.seed, None, self.device,
-                              self.progress, max_batch=self.micro_batch)
+        options = SamplingOptions(num_samples=cfg.sheet_samples, seed=cfg.seed, batch_size=self.micro_batch)
+        samples = sample_rows(ema_model, rows[self.rank::self.world], options, self.progress)
         del ema_model
         if self.world > 1:
             samples = gather_interleaved(samples, len(rows), main_only=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PaletteError
+from .errors import ArgumentError, PaletteError
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +97,19 @@ def missing_message(name: str, directory: str | Path | None = None) -> str:
     spec = _spec(name)
     folder = weights_dir(directory)
     return (
-        f"the {name} weights are missing: palette needs {folder / spec.filename} (SHA-256 starting {spec.sha256_prefix}) "
-        f"for {spec.used_for}. Get it with `palette weights download {name} --weights-dir {folder}` where there is "
-        f"internet, or fetch {spec.url} yourself and put it there (or point --weights-dir / ${ENV_VAR} at its folder)."
+        f"{folder}: the {name} weights are missing: palette needs {folder / spec.filename} (SHA-256 starting "
+        f"{spec.sha256_prefix}) for {spec.used_for}. Get it with `palette weights download {name} --weights-dir "
+        f"{folder}` where there is internet, or fetch {spec.url} yourself and put it there (or give the folder that "
+        f"holds it; ${ENV_VAR} sets the default)."
     )
 
 
 def path(name: str, directory: str | Path | None = None) -> Path:
-    """The file of backbone ``name``; a PaletteError naming the file, its checksum and its source when missing."""
+    """The file of backbone ``name``; when missing, an error on the weights folder (the ``weights_dir`` argument)
+    naming the file, its checksum and its source."""
     found = find(name, directory)
     if found is None:
-        raise PaletteError(missing_message(name, directory))
+        raise ArgumentError("weights_dir", missing_message(name, directory))
     return found
 
 

@@ -30,10 +30,6 @@ def cmd_serve(args) -> int:
 def cmd_report(args) -> int:
     from .report import study_report, write_report
 
-    if not 0 <= args.min_catch_accuracy <= 1:
-        from ..errors import PaletteError
-
-        raise PaletteError(f"--min-catch-accuracy {args.min_catch_accuracy}: give a share between 0 and 1")
     report = study_report(args.db, args.min_catch_accuracy, args.bootstrap, args.seed)
     paths = write_report(report, args.out)
     print(paths["table"].read_text(), end="")

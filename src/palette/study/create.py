@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PaletteError
+from ..errors import ArgumentError
 from . import db
 from .design import trials_per_condition
 from .pairs import Condition, degraded, fake_image, images_by_key, load_condition, png_bytes, real_image
@@ -28,14 +28,14 @@ class StudyOptions:
 
     def check(self) -> None:
         if not self.name.strip():
-            raise PaletteError("--name: the study needs a name")
+            raise ArgumentError("name", ": the study needs a name")
         if not 100 <= self.display_ms <= 60_000:
-            raise PaletteError(f"--display-ms {self.display_ms}: give a display time between 100 and 60000 ms")
+            raise ArgumentError("display_ms", f"{self.display_ms}: give a display time between 100 and 60000 ms")
         if not 0 <= self.catch_trials < self.trials_per_observer:
-            raise PaletteError(f"--catch-trials {self.catch_trials}: must be at least 0 and below "
-                               f"--trials-per-observer ({self.trials_per_observer})")
+            raise ArgumentError("catch_trials", f"{self.catch_trials}: must be at least 0 and below the trials "
+                                f"per observer ({self.trials_per_observer})")
         if self.min_response_ms < 0:
-            raise PaletteError(f"--min-response-ms {self.min_response_ms}: must not be negative")
+            raise ArgumentError("min_response_ms", f"{self.min_response_ms}: must not be negative")
 
 
 def _walk_orders(conditions: list[Condition], seed: int) -> list[list[int]]:
@@ -57,8 +57,8 @@ def _check_enough_pairs(conditions: list[Condition], options: StudyOptions) -> N
     most = max(trials_per_condition(test_trials, len(conditions), 0))
     for condition in conditions:
         if len(condition.pairs) < most:
-            raise PaletteError(f"--trials-per-observer {options.trials_per_observer}: an observer would see up to "
-                               f"{most} pairs of {condition.name!r} ({condition.source}), which has only "
+            raise ArgumentError("trials_per_observer", f"{options.trials_per_observer}: an observer would see up "
+                                f"to {most} pairs of {condition.name!r} ({condition.source}), which has only "
                                f"{len(condition.pairs)}; lower it or add images")
 
 
@@ -83,8 +83,8 @@ def _catch_keys(conditions: list[Condition], options: StudyOptions, rng: np.rand
     rotate between observers too."""
     shown_keys = sorted({p.image_key for c in conditions for p in c.pairs})
     if len(shown_keys) < options.catch_trials:
-        raise PaletteError(f"--catch-trials {options.catch_trials}: the study shows only {len(shown_keys)} real "
-                           "photos to degrade; lower it")
+        raise ArgumentError("catch_trials", f"{options.catch_trials}: the study shows only {len(shown_keys)} real "
+                            "photos to degrade; lower it")
     if not options.catch_trials:
         return set()
     count = min(len(shown_keys), max(4 * options.catch_trials, 20))
@@ -126,13 +126,13 @@ def create_study(db_path: str | Path, real: str | Path, fakes: list[str], option
     """Write a new study database; returns a summary (conditions, pairs, catch pairs)."""
     options.check()
     if not fakes:
-        raise PaletteError("--fake: give at least one folder of generated images")
-    reals = images_by_key(real, "--real")
+        raise ArgumentError("fakes", ": give at least one folder of generated images")
+    reals = images_by_key(real, "real")
     conditions = [load_condition(argument, reals) for argument in fakes]
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
-        raise PaletteError(f"--fake: two conditions are named {max(names, key=names.count)!r}; name them with "
-                           "--fake NAME=PATH")
+        raise ArgumentError("fakes", f": two conditions are named {max(names, key=names.count)!r}; name them as "
+                            "NAME=PATH")
     _check_enough_pairs(conditions, options)
     rng = np.random.default_rng([options.seed, 1])
     catch_keys = _catch_keys(conditions, options, rng)

@@ -13,7 +13,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from ..errors import PaletteError
+from ..errors import ArgumentError
 
 APPLICATION_ID = 0x50414C53  # "PALS"
 SCHEMA_VERSION = 1
@@ -84,7 +84,7 @@ def create_database(path: str | Path) -> sqlite3.Connection:
     """A new, empty study database at ``path``; an existing file is never overwritten (it may hold answers)."""
     path = Path(path)
     if path.exists():
-        raise PaletteError(f"--db {path} exists: a study database is never overwritten; choose another name")
+        raise ArgumentError("db_path", f"{path} exists: a study database is never overwritten; choose another name")
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(path)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -102,21 +102,22 @@ def open_database(path: str | Path) -> sqlite3.Connection:
     """An existing study database, checked to be a palette study of this schema version."""
     path = Path(path)
     if not path.is_file():
-        raise PaletteError(f"--db {path}: no such file (create the study with `palette study create` first)")
+        raise ArgumentError("db_path", f"{path}: no such file (create the study with `palette study create` first)")
     conn = _connect(path)
     try:
         application_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as err:
         conn.close()
-        raise PaletteError(f"--db {path}: not a SQLite database ({err})") from None
+        raise ArgumentError("db_path", f"{path}: not a SQLite database ({err})") from None
     if application_id != APPLICATION_ID:
         conn.close()
-        raise PaletteError(f"--db {path}: a SQLite database, but not a palette study (made by `palette study create`)")
+        raise ArgumentError("db_path", f"{path}: a SQLite database, but not a palette study (made by `palette study "
+                            "create`)")
     if version != SCHEMA_VERSION:
         conn.close()
-        raise PaletteError(f"--db {path}: a study database of schema version {version}; this palette reads version "
-                           f"{SCHEMA_VERSION} only (use the palette version that created it)")
+        raise ArgumentError("db_path", f"{path}: a study database of schema version {version}; this palette reads "
+                            f"version {SCHEMA_VERSION} only (use the palette version that created it)")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     return conn

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data import IMAGE_EXTENSIONS
-from ..errors import PaletteError
+from ..errors import ArgumentError, PaletteError
 
 CATCH_DOWNSCALE = 8  # a catch trial's degraded photo: 1/8 of the size in box-averaged blocks, blown back up
 
@@ -49,14 +49,15 @@ def _key(path: Path, root: Path) -> str:
     return rel.with_suffix("").as_posix().replace("/", "__")
 
 
-def images_by_key(source: str | Path, flag: str) -> dict[str, Path]:
-    """The images of a folder (recursive) or a list file (one path per line, relative to the list), by id."""
+def images_by_key(source: str | Path, argument: str) -> dict[str, Path]:
+    """The images of a folder (recursive) or a list file (one path per line, relative to the list), by id; errors
+    name ``source`` as the ``argument`` it was passed as."""
     source = Path(source)
     if source.is_dir():
         root = source
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not paths:
-            raise PaletteError(f"{flag} {source}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ArgumentError(argument, f"{source}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     elif source.is_file():
         root, paths = source.parent, []
         for line in source.read_text().splitlines():
@@ -65,17 +66,17 @@ def images_by_key(source: str | Path, flag: str) -> dict[str, Path]:
                 paths.append(path if path.is_absolute() else root / path)
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise PaletteError(f"{flag} {source}: lists {missing[0]}, which does not exist")
+            raise ArgumentError(argument, f"{source}: lists {missing[0]}, which does not exist")
         if not paths:
-            raise PaletteError(f"{flag} {source}: the list file names no images")
+            raise ArgumentError(argument, f"{source}: the list file names no images")
     else:
-        raise PaletteError(f"{flag} {source}: no such file or folder")
+        raise ArgumentError(argument, f"{source}: no such file or folder")
     named: dict[str, Path] = {}
     for path in paths:
         key = _key(path, root)
         if key in named:
-            raise PaletteError(f"{flag} {source}: {named[key]} and {path} have the same name; a pair needs one file "
-                               "per name")
+            raise ArgumentError(argument, f"{source}: {named[key]} and {path} have the same name; a pair needs one "
+                                "file per name")
         named[key] = path
     return named
 
@@ -106,17 +107,18 @@ def _eval_pairs(folder: Path, reals: dict[str, Path]) -> list[Pair]:
     lonely = sorted(p for p in (folder / "samples").glob("*") if p.is_file() and p.resolve() not in used
                     and not p.name.startswith("."))
     if lonely:
-        raise PaletteError(f"--fake {folder}: {lonely[0]} has no real image in --real (palette eval names a sample "
-                           f"<id>_<k>.png after its original's id); {len(lonely)} sample(s) are unpaired")
+        raise ArgumentError("fakes", f"{folder}: {lonely[0]} has no real image among the real ones (palette eval "
+                            f"names a sample <id>_<k>.png after its original's id); {len(lonely)} sample(s) are "
+                            "unpaired")
     return pairs
 
 
 def _name_pairs(folder: Path, reals: dict[str, Path]) -> list[Pair]:
-    fakes = images_by_key(folder, "--fake")
+    fakes = images_by_key(folder, "fakes")
     lonely = [path for key, path in fakes.items() if key not in reals]
     if lonely:
-        raise PaletteError(f"--fake {folder}: {lonely[0]} has no real image of the same name in --real; "
-                           f"{len(lonely)} generated image(s) are unpaired")
+        raise ArgumentError("fakes", f"{folder}: {lonely[0]} has no real image of the same name among the real "
+                            f"ones; {len(lonely)} generated image(s) are unpaired")
     return [Pair(key, 0, reals[key], path) for key, path in fakes.items()]
 
 
@@ -138,11 +140,11 @@ def parse_fake(argument: str) -> tuple[str | None, Path]:
 def load_condition(argument: str, reals: dict[str, Path]) -> Condition:
     name, source = parse_fake(argument)
     if not source.exists():
-        raise PaletteError(f"--fake {source}: no such file or folder")
+        raise ArgumentError("fakes", f"{source}: no such file or folder")
     evaluated = source.is_dir() and is_eval_output(source)
     pairs = _eval_pairs(source, reals) if evaluated else _name_pairs(source, reals)
     if not pairs:
-        raise PaletteError(f"--fake {source}: holds no generated images")
+        raise ArgumentError("fakes", f"{source}: holds no generated images")
     eval_size = None
     if evaluated:  # palette eval's samples are squares of the model's size
         from ..imagefile import probe

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ArgumentError
 from . import db
 
 BATCH = 250  # bootstrap draws computed together (memory: BATCH x images)
@@ -77,6 +78,8 @@ def excluded_observers(catch: dict[int, tuple[int, int]], min_catch_accuracy: fl
 
 
 def study_report(db_path: str | Path, min_catch_accuracy: float = 0.8, draws: int = 2000, seed: int = 0) -> dict:
+    if not 0 <= min_catch_accuracy <= 1:
+        raise ArgumentError("min_catch_accuracy", f"{min_catch_accuracy}: give a share between 0 and 1")
     conn = db.open_database(db_path)
     try:
         s = db.read_settings(conn)

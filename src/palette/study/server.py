@@ -69,62 +69,75 @@ def _milliseconds(data: dict, key: str, optional: bool = False) -> float | None:
     return float(value)
 
 
-def make_app(db_path: str | Path) -> Starlette:
-    # One connection for every request: the endpoints are all ``async def``, so they run one at a time on the event
-    # loop's thread (a plain ``def`` endpoint would run in Starlette's thread pool and share it across threads).
-    study = Study(db.open_database(db_path))
-    s = study.settings
-    cookie = s["cookie"]
-    config = json.dumps({"question": s["question"], "display_ms": s["display_ms"],
-                         "trials": s["trials_per_observer"], "gap_ms": GAP_MS})
-    page = PAGE.replace("__CONFIG__", config.replace("</", "<\\/"))
+class ObserverPage:
+    """The endpoints of one study's page. Every one is ``async def``, so they run one at a time on the event loop's
+    thread and share the study's one database connection (a plain ``def`` endpoint would run in Starlette's thread
+    pool and share it across threads)."""
 
-    def observer_of(request: Request) -> int | None:
-        return study.observer(request.cookies.get(cookie))
+    def __init__(self, study: Study):
+        self.study = study
+        s = study.settings
+        self.cookie = s["cookie"]
+        config = json.dumps({"question": s["question"], "display_ms": s["display_ms"],
+                             "trials": s["trials_per_observer"], "gap_ms": GAP_MS})
+        self.page = PAGE.replace("__CONFIG__", config.replace("</", "<\\/"))
 
-    def state(observer_id: int | None) -> dict:
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.index),
+            Route("/api/state", self.get_state),
+            Route("/api/start", self.start, methods=["POST"]),
+            Route("/api/next", self.next_trial, methods=["POST"]),
+            Route("/api/image/{position:int}/{side}", self.image),
+            Route("/api/answer", self.answer, methods=["POST"]),
+        ]
+
+    def observer_of(self, request: Request) -> int | None:
+        return self.study.observer(request.cookies.get(self.cookie))
+
+    def state(self, observer_id: int | None) -> dict:
         if observer_id is None:
             return {"observer": False}
-        progress = study.progress(observer_id)
+        progress = self.study.progress(observer_id)
         return {"observer": True, "answered": progress.answered, "total": progress.total,
                 "finished": progress.finished}
 
-    async def index(request: Request) -> Response:
-        return HTMLResponse(page, headers=NO_STORE)
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(self.page, headers=NO_STORE)
 
-    async def get_state(request: Request) -> Response:
-        return JSONResponse(state(observer_of(request)), headers=NO_STORE)
+    async def get_state(self, request: Request) -> Response:
+        return JSONResponse(self.state(self.observer_of(request)), headers=NO_STORE)
 
-    async def start(request: Request) -> Response:
+    async def start(self, request: Request) -> Response:
         await _json_body(request)
-        observer_id = observer_of(request)
+        observer_id = self.observer_of(request)
         if observer_id is not None:
-            return JSONResponse(state(observer_id), headers=NO_STORE)
-        token = study.register()
-        response = JSONResponse(state(study.observer(token)), headers=NO_STORE)
-        response.set_cookie(cookie, token, max_age=COOKIE_DAYS * 86400, httponly=True, samesite="strict")
+            return JSONResponse(self.state(observer_id), headers=NO_STORE)
+        token = self.study.register()
+        response = JSONResponse(self.state(self.study.observer(token)), headers=NO_STORE)
+        response.set_cookie(self.cookie, token, max_age=COOKIE_DAYS * 86400, httponly=True, samesite="strict")
         return response
 
-    async def next_trial(request: Request) -> Response:
+    async def next_trial(self, request: Request) -> Response:
         await _json_body(request)
-        observer_id = observer_of(request)
+        observer_id = self.observer_of(request)
         if observer_id is None:
             return _error(403, "no observer: open the page and start the study first")
-        position = study.hand_out(observer_id)
-        progress = study.progress(observer_id)
+        position = self.study.hand_out(observer_id)
+        progress = self.study.progress(observer_id)
         return JSONResponse({"position": position, "answered": progress.answered, "total": progress.total,
                              "finished": position is None}, headers=NO_STORE)
 
-    async def image(request: Request) -> Response:
-        observer_id = observer_of(request)
-        png = None if observer_id is None else study.image(observer_id, request.path_params["position"],
-                                                               request.path_params["side"])
+    async def image(self, request: Request) -> Response:
+        observer_id = self.observer_of(request)
+        png = None if observer_id is None else self.study.image(observer_id, request.path_params["position"],
+                                                                    request.path_params["side"])
         if png is None:
             return _error(404, "no such image: only the trial handed out to you is shown")
         return Response(png, media_type="image/png", headers=NO_STORE)
 
-    async def answer(request: Request) -> Response:
-        observer_id = observer_of(request)
+    async def answer(self, request: Request) -> Response:
+        observer_id = self.observer_of(request)
         if observer_id is None:
             return _error(403, "no observer: open the page and start the study first")
         data = await _json_body(request)
@@ -132,34 +145,37 @@ def make_app(db_path: str | Path) -> Starlette:
         if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < MAX_POSITION:
             raise _BadRequest(400, "position must be a trial number")
         try:
-            progress = study.answer(observer_id, position, str(data.get("choice")), _milliseconds(data, "response_ms"),
-                                    _milliseconds(data, "shown_ms", optional=True))
+            progress = self.study.answer(observer_id, position, str(data.get("choice")),
+                                         _milliseconds(data, "response_ms"),
+                                         _milliseconds(data, "shown_ms", optional=True))
         except Refused as err:
             return _error(409, str(err))
         return JSONResponse({"answered": progress.answered, "total": progress.total,
                              "finished": progress.finished}, headers=NO_STORE)
 
-    async def bad_request(request: Request, err: _BadRequest) -> Response:
-        return _error(err.status, str(err))
 
-    routes = [
-        Route("/", index),
-        Route("/api/state", get_state),
-        Route("/api/start", start, methods=["POST"]),
-        Route("/api/next", next_trial, methods=["POST"]),
-        Route("/api/image/{position:int}/{side}", image),
-        Route("/api/answer", answer, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, exception_handlers={_BadRequest: bad_request})
+async def _bad_request(request: Request, err: _BadRequest) -> Response:
+    return _error(err.status, str(err))
+
+
+def make_app(db_path: str | Path) -> Starlette:
+    study = Study(db.open_database(db_path))
+    app = Starlette(routes=ObserverPage(study).routes(), exception_handlers={_BadRequest: _bad_request})
     app.state.study = study
     return app
 
 
 def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 7861) -> None:
+    """Serve the study until stopped. Its line naming the address is printed once the port takes connections (they
+    wait in the socket's backlog until the server's loop accepts them), so a script may wait on that line."""
     import uvicorn
 
     app = make_app(db_path)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this machine can take part", host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", limit_concurrency=100,
+                            timeout_keep_alive=5)
+    listening = config.bind_socket()
+    listening.listen(config.backlog)
     print(f"study {app.state.study.settings['name']!r}: http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=100, timeout_keep_alive=5)
+    uvicorn.Server(config).run(sockets=[listening])

@@ -1,0 +1,7 @@
+"""``python -m palette.cli``: the ``palette`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
