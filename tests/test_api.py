@@ -80,6 +80,7 @@ def test_progress_reaches_the_total(palette, photo):
     (lambda p, img: p.colorize(img, sampler="euler"), "sampler must be one of"),
     (lambda p, img: p.colorize("not an image object".encode()), "expected a PIL image"),
     (lambda p, img: p.super_resolve(img, factor=3), "factor must be 2 or 4"),
+    (lambda p, img: p.uncrop(img, side="diagonal"), "side must be one of left, right, top, bottom, all"),
 ])
 def test_errors_are_clear(palette, photo, call, match):
     with pytest.raises(PaletteError, match=match):

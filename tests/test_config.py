@@ -54,6 +54,7 @@ def test_the_command_line_offers_the_config_s_values():
     ("train.time_limit_minutes", -1.5, "0 (no limit) or more"),
     ("data.num_workers", -1, "0 (load in the training process) or more"),
     ("train.batch_size", 0, "at least 1"),
+    ("train.seed", 2**32, "a whole number from 0 to 2**32 - 1"),  # a run would fail at its first sheet
 ])
 def test_a_number_out_of_range_is_refused_naming_its_config_field(key, value, rule):
     # the library speaks of config fields; only the command line turns them into its flags

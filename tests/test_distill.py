@@ -10,7 +10,7 @@ from torch import nn
 from palette.config import Config, apply_overrides, preset
 from palette.diffusion import NoiseSchedule, ddim_sample, predict_y0_from, v_target
 from palette.distill import Student, ddim_step, one_step_target, round_steps, student_config
-from palette.errors import PaletteError
+from palette.errors import ArgumentError, PaletteError
 from palette.model import PaletteModel
 
 MEAN, STD = 0.2, 0.3  # every pixel of the toy data is N(MEAN, STD^2), independently
@@ -201,10 +201,11 @@ def test_a_student_config_samples_with_ddim_in_its_steps_only():
         with pytest.raises(PaletteError, match="^distill.steps 4 is a student"):
             apply_overrides(config, [change]).validate()
     model = PaletteModel(config).eval()
-    with pytest.raises(ValueError, match="sample it with steps 4"):
+    with pytest.raises(ValueError, match="sample it with steps 4, sampler ddim"):
         model.sample(torch.zeros(1, 1, 8, 8), steps=2)
-    with pytest.raises(ValueError, match="ddim"):
-        model.sample(torch.zeros(1, 1, 8, 8), sampler="dpmpp-2m", steps=4)
+    with pytest.raises(ArgumentError, match="^sampler dpmpp-2m: this checkpoint is a student") as caught:
+        model.sample(torch.zeros(1, 1, 8, 8), sampler="dpmpp-2m", steps=4)  # the steps are right: the sampler is named
+    assert caught.value.argument == "sampler"
     assert model.sample(torch.zeros(1, 1, 8, 8)).shape == (1, 1, 8, 8)
 
 
@@ -324,7 +325,7 @@ def test_a_student_samples_through_the_python_api_panorama_tiles_and_the_web_app
     from PIL import Image
 
     from palette import Palette
-    from palette.webapp import Limits, describe, run_request, sampling_defaults
+    from palette.webapp import Limits, PageRequest, describe, run_request, sampling_defaults
 
     model = Palette.load(student_dir, device="cpu")
     size = model.config.model.image_size
@@ -340,7 +341,7 @@ def test_a_student_samples_through_the_python_api_panorama_tiles_and_the_web_app
     assert sampling_defaults(model) == (1, "ddim") and "distilled to 1 DDIM step" in describe(model)
     path = student_dir / "photo.png"
     photo.save(path)
-    out = run_request(model, str(path), None, "jpeg", "center", "right", 1, 1, "ddim", 0, False, 0, Limits())
+    out = run_request(model, PageRequest(str(path), "jpeg", steps=1, sampler="ddim"), Limits())
     assert out[0].size == photo.size
 
 

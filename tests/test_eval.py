@@ -220,3 +220,17 @@ def test_a_protocols_own_reference_set_is_the_fid_reference_and_its_statistics_a
     assert again["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"])
     own = json.loads((evaluated / "metrics.json").read_text())  # the evaluated originals as the reference
     assert own["reference"]["n"] == 4 and first["metrics"]["fid"] != pytest.approx(own["metrics"]["fid"])
+
+
+def test_an_older_manifest_with_the_configs_eta_for_another_sampler_still_resumes(tmp_path):
+    """Manifests once recorded diffusion.eta whatever the sampler; only DDIM draws with it, and now records it alone."""
+    from palette.eval_files import check_manifest
+
+    (tmp_path / "samples").mkdir()
+    older = {"sampler": "ancestral", "steps": 4, "eta": 0.5, "guidance": 0.0}
+    (tmp_path / "samples" / "manifest.json").write_text(json.dumps(older))
+    assert check_manifest(tmp_path, {**older, "eta": 0.0}) is None
+    ddim = tmp_path / "ddim"
+    (ddim / "samples").mkdir(parents=True)
+    (ddim / "samples" / "manifest.json").write_text(json.dumps({**older, "sampler": "ddim"}))
+    assert "eta 0.5 there, 0.0 now" in check_manifest(ddim, {**older, "sampler": "ddim", "eta": 0.0})

@@ -1,6 +1,7 @@
 """Classifier-free guidance: condition dropout at training, eps = (1 + w) f(x) - w f(0) at sampling, and its refusal on
 models trained without dropout."""
 
+import dataclasses
 import json
 import math
 
@@ -18,7 +19,8 @@ from palette.evaluate import check_manifest
 from palette.model import PaletteModel
 from palette.samplers import SAMPLERS
 from palette.tasks import make_task
-from palette.webapp import Limits, check_request, run_request
+from palette.sampling_options import SamplingOptions
+from palette.webapp import Limits, PageRequest, check_request, run_request
 
 from conftest import micro_config
 
@@ -200,16 +202,19 @@ def test_guidance_passes_through_the_cli_and_the_api(capsys, tmp_path, dropout_r
 def test_the_web_app_passes_guidance_and_counts_its_doubled_work(dropout_run, photo_dir):
     model = Palette.load(dropout_run, device="cpu")
     photo = str(photo_dir / "coffee.png")
-    args = (model, photo, None, "jpeg", "center", "right", 1, 2, "ddim", 0, False, 0, Limits())
-    plain, same, guided_out = (run_request(*args, guidance=w)[0] for w in (0, 0.0, 4))
+    def request(guidance):
+        return run_request(model, PageRequest(photo, "jpeg", steps=2, sampler="ddim", guidance=guidance), Limits())
+
+    plain, same, guided_out = (request(w)[0] for w in (0, 0.0, 4))
     assert np.array_equal(np.asarray(plain), np.asarray(same))
     assert not np.array_equal(np.asarray(plain), np.asarray(guided_out))
     with pytest.raises(PaletteError, match="guidance must be a number from 0 to 10"):
-        run_request(*args, guidance=11)
+        request(11)
     budget = Limits(request_budget=16 * 16 * 10)  # 10 evaluations of 16x16
-    check_request(model, (48, 40), "jpeg", 1, 10, False, 0, "right", budget)
+    plain_options = SamplingOptions(steps=10).resolved(model.config)
+    check_request(model, (48, 40), "jpeg", plain_options, 0, "right", budget)
     with pytest.raises(PaletteError, match="20 network evaluations.*guidance doubles"):
-        check_request(model, (48, 40), "jpeg", 1, 10, False, 0, "right", budget, guidance=1.0)
+        check_request(model, (48, 40), "jpeg", dataclasses.replace(plain_options, guidance=1.0), 0, "right", budget)
 
 
 def test_the_eval_manifest_keeps_samples_of_another_guidance_apart(tmp_path):

@@ -25,7 +25,7 @@ from palette.cli import main
 from palette.data_scan import scan_images
 from palette.imagefile import PNG_SIGNATURE, PixelLimitError, probe, read_image, read_png16
 from palette.sampling import output_stems
-from palette.sampling_options import MAX_SEED
+from palette.sampling_options import MAX_SEED, SamplingOptions
 
 # ---- files that claim a size they do not hold --------------------------------------------------------------------
 
@@ -405,7 +405,7 @@ def test_what_one_session_loads_is_not_what_another_samples(allowed):
     assert models.get("run") is models.load("run")
     assert models.get(None) is None  # a session that loaded nothing has no model, whoever loaded what
     with pytest.raises(PaletteError, match="No model is loaded yet"):
-        W.run_request(models.get(None), None, None, "jpeg", W.DRAWN, "right", 1, 1, "ddim", 0, False, 0, W.Limits())
+        W.run_request(models.get(None), W.PageRequest(None, "jpeg", steps=1, sampler="ddim"), W.Limits())
 
 
 def test_a_broken_checkpoint_s_error_names_no_server_path(allowed, tmp_path):
@@ -423,8 +423,12 @@ def web_model(trained_run):
 
 def _request(model, path, limits=W.Limits(), task="jpeg", samples=2, steps=3, seed=0, tile=False, extend=0,
              side="right", **kwargs):
-    return W.run_request(model, str(path), None, task, W.DRAWN, side, samples, steps, "ddim", seed, tile, extend,
-                         limits, **kwargs)
+    request = W.PageRequest(str(path), task, None, W.DRAWN, side, samples, steps, "ddim", seed, tile, extend)
+    return W.run_request(model, request, limits, **kwargs)
+
+
+def _options(model, **settings):
+    return SamplingOptions(**{"steps": 1, **settings}).resolved(model.config)
 
 
 WEB_CASES = {  # name: (request arguments given the folder, expected message)
@@ -462,9 +466,9 @@ def test_the_web_app_refuses_with_a_message(web_model, photo_dir, tmp_path, case
 
 def test_super_resolution_output_counts_its_scale_against_the_output_cap(web_model):
     limits = W.Limits(max_output_pixels=48 * 4 * 40 * 4)
-    W.check_request(web_model, (48, 40), "sr-x4", 1, 1, False, 0, "right", limits)
+    W.check_request(web_model, (48, 40), "sr-x4", _options(web_model, num_samples=1), 0, "right", limits)
     with pytest.raises(PaletteError, match="2 of 192x160"):
-        W.check_request(web_model, (48, 40), "sr-x4", 2, 1, False, 0, "right", limits)
+        W.check_request(web_model, (48, 40), "sr-x4", _options(web_model, num_samples=2), 0, "right", limits)
 
 
 def test_a_file_above_pillows_own_limit_is_a_pixel_limit_error_without_palettes(tmp_path):
@@ -488,9 +492,10 @@ def test_tiled_work_counts_one_evaluation_per_tile(web_model):
     # a 16 px model tiles a 48x40 photo with overlap 4 (a quarter): ceil((40 - 4) / 12) = 3 rows, ceil(44 / 12) = 4
     # columns, so 2 samples of 10 steps are 2 * 10 * 12 evaluations of 16x16 pixels
     work = 2 * 10 * 12 * 16 * 16
-    W.check_request(web_model, (48, 40), "jpeg", 2, 10, True, 0, "right", W.Limits(request_budget=work))
+    options = _options(web_model, num_samples=2, steps=10, tile=True)
+    W.check_request(web_model, (48, 40), "jpeg", options, 0, "right", W.Limits(request_budget=work))
     with pytest.raises(PaletteError, match="needs 240 network evaluations"):
-        W.check_request(web_model, (48, 40), "jpeg", 2, 10, True, 0, "right", W.Limits(request_budget=work - 1))
+        W.check_request(web_model, (48, 40), "jpeg", options, 0, "right", W.Limits(request_budget=work - 1))
 
 
 def test_stop_ends_a_request_at_the_next_network_evaluation(web_model, photo_dir):

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from palette import Palette, PaletteError
+from palette.errors import ArgumentError
 from palette.cli import main
 from palette.panorama import panorama_size
 
@@ -90,3 +91,13 @@ def test_progress_counts_every_network_evaluation(palette):
     seen = []
     palette.panorama(torch.rand(3, 16, 16), extend=2, steps=3, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (6, 6) and len(seen) == 6  # both sides share each evaluation: one batch per application
+    seen.clear()
+    palette.panorama(torch.rand(3, 16, 16), extend=2, steps=3, batch_size=1, progress=lambda *a: seen.append(a))
+    assert seen[-1] == (6, 6) and len(seen) == 6  # however small a batch was asked for
+
+
+@pytest.mark.parametrize("setting", [{"num_samples": 2}, {"tile": True}, {"save_process": 4}])
+def test_a_sampling_setting_a_panorama_has_no_use_for_is_refused_not_ignored(palette, setting):
+    with pytest.raises(ArgumentError, match="is not a panorama setting") as caught:
+        palette.panorama(torch.rand(3, 16, 16), extend=1, steps=1, **setting)
+    assert caught.value.argument == next(iter(setting))

@@ -111,8 +111,8 @@ def test_tiled_tasks_sample_at_the_images_own_size(palette, photo_dir, task, kwa
     photo = Image.open(photo_dir / "chelsea.png").convert("RGB")  # 48x40
     image = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float() / 255
     mask = kwargs.get("mask")
-    size = palette.model.config.model.image_size
-    condition = make_condition(size, task, image, np.random.default_rng(0), mask, tile_overlap=4)
+    model_size = palette.model.config.model.image_size
+    condition = make_condition(model_size, task, image, np.random.default_rng(0), mask, tile_overlap=4)
     assert tuple(condition.x.shape) == size
     out = palette(photo, task, steps=2, tile=True, overlap=4, output="tensor", **kwargs)[0]
     assert out.shape == size

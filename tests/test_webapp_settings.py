@@ -9,7 +9,7 @@ from palette.errors import ArgumentError, PaletteError
 from palette.sampling_options import SamplingOptions
 from palette.webapp import Limits, Models, check_request, sampling_defaults
 from palette.webapp.models import PAGE_SAMPLES
-from palette.webapp.run import page_options
+from palette.webapp.run import PageRequest, page_options
 
 from conftest import micro_config
 
@@ -37,9 +37,12 @@ def test_steps_above_the_budget_start_at_the_most_it_allows_for_the_first_reques
     # the page's first request is PAGE_SAMPLES samples, untiled: PAGE_SAMPLES evaluations of SIZE^2 pixels a step
     limits = Limits(request_budget=PAGE_SAMPLES * SIZE * SIZE * 300 + 5)
     assert sampling_defaults(model, limits) == (300, "ancestral")
-    check_request(model, (SIZE, SIZE), "jpeg", PAGE_SAMPLES, 300, False, 0, "right", limits)
+    def first_request(steps):
+        return SamplingOptions(num_samples=PAGE_SAMPLES, steps=steps).resolved(model.config)
+
+    check_request(model, (SIZE, SIZE), "jpeg", first_request(300), 0, "right", limits)
     with pytest.raises(PaletteError, match="Reduce the samples or the steps"):  # the budget still refuses more
-        check_request(model, (SIZE, SIZE), "jpeg", PAGE_SAMPLES, 301, False, 0, "right", limits)
+        check_request(model, (SIZE, SIZE), "jpeg", first_request(301), 0, "right", limits)
 
 
 def test_a_distilled_student_starts_at_its_own_steps_whatever_the_budget():
@@ -50,7 +53,7 @@ def test_a_distilled_student_starts_at_its_own_steps_whatever_the_budget():
 def test_the_page_settings_are_the_librarys_sampling_options():
     model = _model("diffusion.sampler=dpmpp-2m", "diffusion.sample_steps=9")
     # a browser sends whole numbers as 2.0; an unset sampler is the checkpoint's
-    options = page_options(model, 2.0, 5.0, None, 3.0, False, 0.0)
+    options = page_options(model, PageRequest("photo.png", "jpeg", num_samples=2.0, steps=5.0, seed=3.0))
     assert options == SamplingOptions.of(num_samples=2, steps=5, seed=3).resolved(model.config)
 
 
@@ -61,17 +64,17 @@ def test_the_page_settings_are_the_librarys_sampling_options():
     (STUDENT, {"steps": 20}, "steps", "distilled to sample in 2 DDIM step"),
 ])
 def test_a_setting_the_model_cannot_take_is_refused_naming_it(model_overrides, settings, argument, problem):
-    page = {"num_samples": 1, "steps": 2, "sampler": "ddim", "seed": 0, "tile": False, "guidance": 0.0, **settings}
+    page = PageRequest("photo.png", "jpeg", **{"num_samples": 1, "steps": 2, "sampler": "ddim", **settings})
     with pytest.raises(ArgumentError, match=problem) as caught:
-        page_options(_model(*model_overrides), **page)
+        page_options(_model(*model_overrides), page)
     assert caught.value.argument == argument and str(caught.value).startswith(argument)
 
 
 def test_a_setting_beyond_the_pages_sliders_is_refused_in_the_pages_words():
     with pytest.raises(PaletteError, match="guidance must be a number from 0 to 10, got 10.5"):
-        page_options(_model("train.cond_drop_prob=0.1"), 1, 2, "ddim", 0, False, 10.5)
+        page_options(_model("train.cond_drop_prob=0.1"), PageRequest("photo.png", "jpeg", steps=2, guidance=10.5))
     with pytest.raises(PaletteError, match="samples must be a whole number from 1 to 8, got 9"):
-        page_options(_model(), 9, 2, "ddim", 0, False, 0.0)
+        page_options(_model(), PageRequest("photo.png", "jpeg", num_samples=9, steps=2))
 
 
 def test_server_arguments_are_named_as_the_function_takes_them(tmp_path):

@@ -106,6 +106,8 @@ def _full_mask(task: str, size: tuple[int, int], rng: np.random.Generator, mask:
     """The mask of a masked task at the image's size: uncropping's side, a named mask or the given one."""
     h, w = size
     if task == "uncropping":
+        if side not in (*masks.UNCROP_SIDES, "all"):
+            raise ArgumentError("side", f"must be one of {', '.join((*masks.UNCROP_SIDES, 'all'))}, got {side!r}")
         return masks.uncrop_mask(h, w, side)
     if mask is None:
         raise ArgumentError("mask", "is needed for inpainting: a mask image (white = fill) or a name such as center, "

@@ -18,6 +18,8 @@ RANGES = (
     ("train.batch_size", "at least 1", lambda v: v >= 1),
     ("train.micro_batch_size", "0 (no accumulation) or positive", lambda v: v >= 0),
     ("train.lr", "positive", lambda v: v > 0),
+    # the seeds of sampling (the training sheets) and of numpy's generators are 32-bit
+    ("train.seed", "a whole number from 0 to 2**32 - 1", lambda v: 0 <= v <= 2**32 - 1),
     ("train.warmup_steps", "0 or more", lambda v: v >= 0),
     ("train.adam_betas", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
     ("train.weight_decay", "0 or more", lambda v: v >= 0),

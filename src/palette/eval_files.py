@@ -22,6 +22,7 @@ from . import protocols
 from .data import load_image
 from .errors import PaletteError
 from .imagefile import DEFAULT_MAX_PIXELS, probe
+from .samplers import ETA_SAMPLERS
 from .sheets import center_square
 
 MANIFEST = "manifest.json"  # in samples/: what made the samples
@@ -89,6 +90,8 @@ def check_manifest(out_dir: Path, made_by: dict) -> str | None:
     except ValueError as err:
         return f"{path} is damaged ({err})"
     previous.setdefault("guidance", 0.0)  # manifests written before guidance existed were unguided
+    if previous.get("sampler") not in ETA_SAMPLERS:  # older manifests recorded the config's eta for any sampler,
+        previous["eta"] = 0.0  # though only DDIM draws with it
     differ = [f"{key} {previous.get(key)!r} there, {value!r} now" for key, value in made_by.items()
               if previous.get(key) != value]
     return f"{folder} holds samples made otherwise: {'; '.join(differ)}" if differ else None

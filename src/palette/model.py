@@ -107,9 +107,6 @@ class PaletteModel(nn.Module):
         eps = (1 + w) f(x, y_t, gamma) - w f(0, y_t, gamma) (:func:`~palette.diffusion.guided`), for a model trained
         with ``train.cond_drop_prob`` > 0; w = 0 is the unguided sampler exactly.
         """
-        if "tile_overlap" in settings:
-            overlap = settings.pop("tile_overlap")
-            settings.update(tile=overlap is not None, overlap=overlap)
         if steps is not None:
             settings["steps"] = steps
         options = SamplingOptions.of(options, **settings).resolved(self.config)

@@ -57,9 +57,8 @@ def extend_image(
     ``options`` (or their fields as keywords) say how to sample; one sample per window. The image's pixels are kept
     exactly; the two windows of application i are the inputs 2i and 2i + 1 of the run's seed.
     """
-    check_task(model, "uncropping", where="model")
-    options = SamplingOptions.of(options, **settings)
-    options = SamplingOptions.of(options, num_samples=1, tile=False, overlap=None).resolved(model.config)
+    check_task(model, "uncropping", where="model", argument=None)
+    options = _panorama_options(SamplingOptions.of(options, **settings)).resolved(model.config)
     if extend < 1:
         raise ArgumentError("extend", f"must be at least 1, got {extend}")
     panorama_size(*image.shape[1:], extend, direction)  # checks the direction
@@ -85,6 +84,16 @@ def extend_image(
         grown_after = after.narrow(axis, known[sides[1]], window - known[sides[1]])
         canvas = torch.cat([grown_before, canvas, grown_after], dim=axis)
     return canvas
+
+
+def _panorama_options(options: SamplingOptions) -> SamplingOptions:
+    """``options`` with both windows of an application in one batch; a setting a panorama has no use for (one sample
+    per window, untiled) is refused rather than ignored."""
+    for name, default in (("num_samples", 1), ("tile", False), ("overlap", None), ("save_process", 0)):
+        if getattr(options, name) != default:
+            raise ArgumentError(name, f"is not a panorama setting: a panorama draws one sample per window, untiled "
+                                f"(got {getattr(options, name)!r})")
+    return SamplingOptions.of(options, batch_size=2)
 
 
 def _window(canvas: torch.Tensor, axis: int, window: int, known: int, side: str) -> torch.Tensor:

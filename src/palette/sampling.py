@@ -57,13 +57,15 @@ def load_model(path: str | Path, device: str | torch.device = "auto", use_ema: b
     return model.to(device).eval()
 
 
-def check_task(model: PaletteModel, task: str, where: str = "checkpoint") -> None:
+def check_task(model: PaletteModel, task: str, where: str = "checkpoint", argument: str | None = "task") -> None:
+    """An error unless ``model`` can do ``task``: an ArgumentError naming ``argument``, or, when the task is not the
+    caller's choice (a panorama uncrops), a PaletteError."""
     if task not in (*TASK_NAMES, PAIRED):
         raise ArgumentError("task", f"{task!r} is unknown: choose one of {', '.join((*TASK_NAMES, PAIRED))}")
     can = sample_tasks(model.config.task.name, model.config.task.tasks)
     if task not in can:
-        raise ArgumentError("task", f"{task}: the {where} was trained for {model.config.task.name} ({', '.join(can)}) "
-                            f"and cannot do {task}")
+        problem = f"the {where} was trained for {model.config.task.name} ({', '.join(can)}) and cannot do {task}"
+        raise PaletteError(problem) if argument is None else ArgumentError(argument, f"{task}: {problem}")
 
 
 def input_files(source: str | Path) -> list[Path]:
@@ -118,12 +120,13 @@ def sample_conditions(
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """Sample every condition ``options.num_samples`` times, ``options.batch_size`` images per network call.
 
-    ``options`` must be resolved against ``model``'s config (:meth:`SamplingOptions.resolved`). Sample k of
+    Unset ``options`` take ``model``'s config values (:meth:`SamplingOptions.resolved`). Sample k of
     condition i is seeded by :func:`sample_seed` (``options.seed``, ``keys[i]``, k), the keys defaulting to the
     conditions' positions. Conditions of masked and unmasked tasks may share a batch. Returns, per condition and
     sample, the sample at the input's size in [-1, 1] and, with ``options.save_process`` = P > 0, a strip of the y0
     estimates at P evenly spaced steps (the last is the final sample).
     """
+    options = options.resolved(model.config)  # as given, or resolved already: resolving again changes nothing
     keys = range(len(conditions)) if keys is None else list(keys)
     results: list[list] = [[None] * options.num_samples for _ in conditions]
     for batch in _batches(conditions, options.num_samples, options.batch_size):
@@ -161,11 +164,13 @@ def _sample_batch(model: PaletteModel, batch: Sequence[Condition], seeds: list[i
 
 def _batches(conditions: Sequence[Condition], num_samples: int, batch_size: int) -> list[list]:
     """The (condition, index, sample number) jobs in batches of at most ``batch_size`` whose inputs have one shape
-    (tiled images differ in size)."""
+    (tiled images differ in size) and one tiling."""
     batches: list[list] = []
     for i, c in enumerate(conditions):
         for k in range(num_samples):
-            if batches and len(batches[-1]) < max(1, batch_size) and batches[-1][0][0].x.shape == c.x.shape:
+            last = batches[-1][0][0] if batches else None
+            if last is not None and len(batches[-1]) < max(1, batch_size) and (last.x.shape, last.tile_overlap) == (
+                    c.x.shape, c.tile_overlap):
                 batches[-1].append((c, i, k))
             else:
                 batches.append([(c, i, k)])

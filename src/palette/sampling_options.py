@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import Config
 from .errors import ArgumentError
-from .samplers import SAMPLERS, SCHEDULES, check_sampler, resolve_eta
+from .samplers import ETA_SAMPLERS, SAMPLERS, SCHEDULES, resolve_eta
 
 MAX_SEED = 2**32 - 1
 
@@ -49,7 +49,12 @@ class SamplingOptions:
 
     @classmethod
     def of(cls, options: "SamplingOptions | None" = None, **settings: Any) -> "SamplingOptions":
-        """``options`` (default: the defaults) with ``settings`` replaced; an unknown setting names itself."""
+        """``options`` (default: the defaults) with ``settings`` replaced; an unknown setting names itself.
+        ``tile_overlap=N`` is the older spelling of ``tile=True, overlap=N``. Build on options as given, not on
+        resolved ones: those hold the checkpoint's values (a DDIM eta, say) as if they had been asked for."""
+        if "tile_overlap" in settings:
+            overlap = settings.pop("tile_overlap")
+            settings.update(tile=overlap is not None, overlap=overlap)
         base = cls() if options is None else options
         unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
@@ -71,10 +76,11 @@ class SamplingOptions:
         sampler = _choice("sampler", d.sampler if self.sampler is None else self.sampler, SAMPLERS)
         schedule = _choice("schedule", d.sample_schedule if self.schedule is None else self.schedule, SCHEDULES)
         eta = resolve_eta(sampler, _number("eta", self.eta), d.eta)
-        try:
-            check_sampler(sampler, eta)
-        except ValueError as err:
-            raise ArgumentError("eta", f": {err}") from None
+        if eta < 0:
+            raise ArgumentError("eta", f"must be 0 or more, got {eta:g}")
+        if eta and sampler not in ETA_SAMPLERS:
+            raise ArgumentError("eta", f"is DDIM's noise and does nothing for the {sampler} sampler: leave it at 0 or "
+                                "use ddim")
         steps = whole_number("steps", d.sample_steps if self.steps is None else self.steps, -MAX_SEED)
         limit = (d.inference_schedule if schedule == "inference" else d.train_schedule).steps
         if not 1 <= steps <= limit:
@@ -147,9 +153,12 @@ def check_student(config: Config, steps: int, sampler: str, eta: float, schedule
     n = config.distill.steps
     if not n:
         return
-    if (steps, sampler, eta, schedule) != (n, "ddim", 0, config.diffusion.sample_schedule):
+    own = config.diffusion.sample_schedule
+    asked = {"sampler": (sampler, "ddim"), "eta": (eta, 0), "schedule": (schedule, own), "steps": (steps, n)}
+    wrong = next((name for name, (value, needed) in asked.items() if value != needed), None)
+    if wrong is not None:
         raise ArgumentError(
-            "steps", f"{steps}: this checkpoint is a student distilled to sample in {n} DDIM step(s) on the "
-            f"{config.diffusion.sample_schedule} schedule: sample it with steps {n} and the ddim sampler "
-            f"(eta 0; got sampler {sampler}, eta {eta:g}, schedule {schedule}); the distillation folder holds the "
-            "students for other step counts")
+            wrong, f"{asked[wrong][0]}: this checkpoint is a student distilled to sample in {n} DDIM step(s) on the "
+            f"{own} schedule: sample it with {{steps}} {n}, {{sampler}} ddim, {{eta}} 0 and {{schedule}} {own}; the "
+            "distillation folder holds the students for other step counts",
+            also=("steps", "sampler", "eta", "schedule"))

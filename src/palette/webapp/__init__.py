@@ -22,11 +22,11 @@ The page itself (``page``) imports gradio, so it is imported only when :func:`bu
 from .limits import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET, Limits,
                      check_output_size, check_request, read_upload)
 from .models import Models, describe, sampling_defaults
-from .run import DRAWN, Cancelled, run_request
+from .run import DRAWN, Cancelled, PageRequest, run_request
 
 __all__ = ["DEFAULT_MAX_OUTPUT_PIXELS", "DEFAULT_MAX_TILED_PIXELS", "DEFAULT_REQUEST_BUDGET", "DRAWN", "Cancelled",
            "Limits", "Models", "build_app", "check_output_size", "check_request", "describe", "read_upload",
-           "run_request", "sampling_defaults", "serve"]
+           "PageRequest", "run_request", "sampling_defaults", "serve"]
 
 
 def __getattr__(name: str):

@@ -14,6 +14,7 @@ from ..conditions import tiled_canvas
 from ..errors import PaletteError
 from ..imagefile import DEFAULT_MAX_PIXELS, PixelLimitError, probe
 from ..panorama import panorama_size
+from ..sampling_options import SamplingOptions
 from ..tasks import make_task
 from ..tiling import tile_starts
 
@@ -59,10 +60,11 @@ def read_upload(path: str | None, limits: Limits) -> Image.Image:
         raise PaletteError(f"{name} is not an image that can be read ({type(err).__name__}).") from None
 
 
-def check_request(model, photo_size: tuple[int, int], task: str, num_samples: int, steps: int, tile: bool,
-                  extend: int, side: str, limits: Limits, guidance: float = 0.0) -> None:
-    """Refuse a request whose work (network evaluations x pixels each) or own-size image is above the limits.
-    Guidance evaluates the network twice per step."""
+def check_request(model, photo_size: tuple[int, int], task: str, options: SamplingOptions, extend: int, side: str,
+                  limits: Limits) -> None:
+    """Refuse a request whose work (network evaluations x pixels each) or own-size image is above the limits, for
+    resolved ``options``. Guidance evaluates the network twice per step."""
+    num_samples, steps, tile, guidance = options.num_samples, options.steps, options.tile, options.guidance
     size = model.config.model.image_size
     width, height = photo_size
     if task == "uncropping" and extend > 0:

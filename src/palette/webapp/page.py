@@ -19,7 +19,7 @@ from ..sampling_options import MAX_SEED  # noqa: E402
 from .limits import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_TILED_PIXELS, DEFAULT_REQUEST_BUDGET,  # noqa: E402
                      Limits, read_upload)
 from .models import MAX_STEPS, NO_MODEL, PAGE_SAMPLES, PICK_ONE, Models, describe, sampling_defaults  # noqa: E402
-from .run import DRAWN, MAX_EXTEND, MAX_GUIDANCE, MAX_SAMPLES, Cancelled, run_request  # noqa: E402
+from .run import DRAWN, MAX_EXTEND, MAX_GUIDANCE, MAX_SAMPLES, Cancelled, PageRequest, run_request  # noqa: E402
 
 
 @dataclass
@@ -85,8 +85,9 @@ class Handlers:
         if self.models.fixed is None and self.models.root is None:
             raise gr.Error(NO_MODEL)
         try:
-            return run_request(self.models.get(chosen), path, editor, task, mask_choice, side, num_samples, steps,
-                               sampler, seed, tile, extend, self.limits, report, stop.is_set, guidance)
+            request = PageRequest(path, task, editor, mask_choice, side, num_samples, steps, sampler, seed, tile,
+                                  extend, guidance)
+            return run_request(self.models.get(chosen), request, self.limits, report, stop.is_set)
         except PaletteError as err:
             raise _shown(err) from None
         except Cancelled:

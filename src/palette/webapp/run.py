@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -48,37 +50,54 @@ def _within_slider(value: Any, name: str, low: int, high: int) -> int:
     return int(value)
 
 
-def page_options(model: Palette, num_samples: Any, steps: Any, sampler: Any, seed: Any, tile: Any,
-                 guidance: Any) -> SamplingOptions:
+@dataclass(frozen=True)
+class PageRequest:
+    """The page's values when Run is pressed, as the browser sent them (numbers may come as 2.0; nothing is
+    checked yet). Unset sampling values are the checkpoint's."""
+
+    path: str | None  # the uploaded photo
+    task: str
+    editor: dict | None = None  # the brush layers
+    mask_choice: str = DRAWN
+    side: str = "right"
+    num_samples: Any = 1
+    steps: Any = None
+    sampler: Any = None
+    seed: Any = 0
+    tile: Any = False
+    extend: Any = 0  # panorama extensions (uncropping)
+    guidance: Any = 0.0
+
+
+def page_options(model: Palette, request: PageRequest) -> SamplingOptions:
     """The page's settings as :class:`SamplingOptions` resolved for ``model``: the sliders' ends here, every other
     check (the seed's range, the sampler's name, guidance's need of a model trained for it, a student's own steps)
     by :meth:`SamplingOptions.resolved`, whose errors name the setting as the page labels it."""
+    steps = None if request.steps is None else _within_slider(request.steps, "steps", 1, MAX_STEPS)
     options = SamplingOptions.of(
-        num_samples=_within_slider(num_samples, "samples", 1, MAX_SAMPLES),
-        steps=_within_slider(steps, "steps", 1, MAX_STEPS), sampler=sampler, seed=_whole_number(seed),
-        tile=bool(tile), guidance=guidance,
+        num_samples=_within_slider(request.num_samples, "samples", 1, MAX_SAMPLES), steps=steps,
+        sampler=request.sampler, seed=_whole_number(request.seed), tile=bool(request.tile), guidance=request.guidance,
     ).resolved(model.config)
     if options.guidance > MAX_GUIDANCE:
-        raise PaletteError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance!r}")
+        raise PaletteError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {request.guidance!r}")
     return options
 
 
-def run_request(model: Palette | None, path: str | None, editor: dict | None, task: str, mask_choice: str, side: str,
-                num_samples: Any, steps: Any, sampler: str, seed: Any, tile: bool, extend: Any, limits: Limits,
+def run_request(model: Palette | None, request: PageRequest, limits: Limits,
                 progress: Callable[[int, int], None] | None = None,
-                cancelled: Callable[[], bool] = lambda: False, guidance: Any = 0.0) -> list:
+                cancelled: Callable[[], bool] = lambda: False) -> list:
     """One request of the page: the checks, then the samples (raises :class:`Cancelled` when ``cancelled()``
     turns true, at the next network evaluation)."""
     if model is None:
         raise PaletteError(PICK_ONE)
-    options = page_options(model, num_samples, steps, sampler, seed, tile, guidance)
-    extend = _within_slider(extend, "panorama extensions", 0, MAX_EXTEND)
-    photo = read_upload(path, limits)
+    options = page_options(model, request)
+    task, side = request.task, request.side
+    extend = _within_slider(request.extend, "panorama extensions", 0, MAX_EXTEND)
+    photo = read_upload(request.path, limits)
     mask = None
     if task == "inpainting":
-        mask = drawn_mask(editor, photo) if mask_choice == DRAWN else mask_choice
-    check_request(model, photo.size, task, options.num_samples, options.steps, options.tile, extend, side, limits,
-                  options.guidance)
+        mask = drawn_mask(request.editor, photo) if request.mask_choice == DRAWN else request.mask_choice
+    check_request(model, photo.size, task, options, extend, side, limits)
 
     def report(done, total):
         if cancelled():
@@ -88,5 +107,6 @@ def run_request(model: Palette | None, path: str | None, editor: dict | None, ta
 
     if task == "uncropping" and extend > 0:
         direction = "horizontal" if side in ("left", "right") else "vertical"
-        return [model.panorama(photo, extend, direction, progress=report, options=options)]
+        one_untiled = dataclasses.replace(options, num_samples=1, tile=False, overlap=None)  # a panorama's own
+        return [model.panorama(photo, extend, direction, progress=report, options=one_untiled)]
     return model(photo, task, mask=mask, side=side, progress=report, options=options)
