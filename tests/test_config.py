@@ -2,6 +2,7 @@
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,17 @@ def test_an_override_of_the_wrong_type_is_refused_naming_its_config_field():
     with pytest.raises(ArgumentError, match=r"^train.steps must be a int, got 'many'$") as refused:
         apply_overrides(preset("tiny"), ["train.steps=many"])
     assert refused.value.argument == "train.steps"
+
+
+def test_a_config_file_is_replaced_whole_never_rewritten_in_place(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "config.yaml"
+    preset("tiny").save(path)
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(Path(dst)), real_replace(src, dst)))
+    changed = apply_overrides(preset("tiny"), ["train.lr=0.001"])
+    changed.save(path)
+    assert renamed == [path] and Config.load(path).train.lr == 0.001
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left

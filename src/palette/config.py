@@ -146,7 +146,10 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write ``path`` whole (a temporary file renamed over it): a crash never leaves a run a half-written config."""
+        from .checkpoint import atomic_write_bytes  # checkpoint imports config
+
+        atomic_write_bytes(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     @classmethod
     def load(cls, path: Path) -> "Config":
