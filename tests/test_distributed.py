@@ -389,6 +389,26 @@ def test_a_run_killed_on_two_processes_resumes_on_one_and_matches(photo_dir, tmp
 
 
 @pytest.mark.integration
+def test_the_main_process_chooses_the_checkpoint_every_process_resumes(photo_dir, tmp_path):
+    """A process on another node can list a shared run folder late (NFS caches listings): here the second process
+    sees no checkpoint at all. The run must resume from the main process's choice, not stop on what one process saw."""
+    args = [*TRAIN, "--data", str(photo_dir), "--out", str(tmp_path / "run"), *EXACT]
+    assert main(["train", *args, "--steps", "1"]) == 0
+    late = tmp_path / "late_listing.py"
+    late.write_text(
+        "import os, sys\n"
+        "from palette import run_folder\n"
+        "from palette.cli import main\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    run_folder.latest_checkpoint = lambda run_dir: None\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    _torchrun(2, "train", *args, "--steps", "2", "--resume", script=late)
+    assert run_folder.latest_checkpoint(tmp_path / "run").name == "step-000000002"
+    assert run_folder.read_training_state(run_folder.latest_checkpoint(tmp_path / "run"))[1]["processes"] == 2
+
+
+@pytest.mark.integration
 def test_a_stop_signal_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(photo_dir, tmp_path, events):
     import psutil
 

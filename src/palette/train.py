@@ -115,7 +115,8 @@ class Trainer:
             if resume:
                 raise ArgumentError("resume", ": a trainer without a run folder (run_dir) has nothing to resume")
             return None
-        existing = run_folder.latest_checkpoint(self.run_dir)
+        # one choice for all: a process on another node can list a shared folder late (NFS caches listings)
+        existing = self._decided_by_main(lambda: run_folder.latest_checkpoint(self.run_dir))
         if existing is not None and not resume:
             raise ArgumentError("resume", f"is off, but {self.run_dir} already holds a run (last checkpoint "
                                 f"{existing.name}): turn it on to continue the run, or give {{run_dir}} another "
@@ -178,18 +179,27 @@ class Trainer:
         if self.world == 1:
             return scan_images(list_items(), cfg.model.image_size, cfg.data.max_bad_fraction, self.progress,
                                cfg.data.max_pixels)
-        listing = None
-        if self.main:
-            try:
-                listing = list_items()
-            except PaletteError as err:
-                listing = err
-        items = from_main(listing)  # one listing for all (nodes can see a shared folder differently for a while)
-        if isinstance(items, PaletteError):
-            raise items
+        items = self._decided_by_main(list_items)  # one listing for all
         mine = probe_items(items[self.rank::self.world], self.progress and self.main, cfg.data.max_pixels)
         outcomes = gather_interleaved(mine, len(items))
         return summarize_scan(items, outcomes, cfg.model.image_size, cfg.data.max_bad_fraction, warn=self.main)
+
+    def _decided_by_main(self, decide):
+        """``decide()`` on the main process, and its result, or the PaletteError it raised, on every process: what
+        is decided from files is decided once, as processes on several nodes can see a shared folder differently
+        for a while."""
+        if self.world == 1:
+            return decide()
+        outcome = None
+        if self.main:
+            try:
+                outcome = decide()
+            except PaletteError as err:
+                outcome = err
+        outcome = from_main(outcome)
+        if isinstance(outcome, PaletteError):
+            raise outcome
+        return outcome
 
     def _restore(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint``: its weights, EMA, optimizer state and step."""
