@@ -558,6 +558,24 @@ def test_a_command_leaves_its_process_group_so_a_launched_process_exits_cleanly(
             dist.destroy_process_group()
 
 
+def test_the_processes_of_a_command_wait_for_each_other_before_tearing_their_group_down(tmp_path, monkeypatch):
+    """A process done with its share must not tear gloo down while a peer still works (an eval's second process
+    aborted so once, at exit, while the main one computed the metrics)."""
+    import torch.distributed as dist
+
+    calls = []
+    barrier, destroy = dist.barrier, dist.destroy_process_group
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), barrier(*a, **k))[1])
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (calls.append("destroy"), destroy(*a, **k))[1])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["presets"]) == 0
+        assert calls == ["barrier", "destroy"]
+    finally:
+        if dist.is_initialized():
+            destroy()
+
+
 def test_a_failed_command_leaves_its_process_group_to_the_launcher(tmp_path, capsys):
     """A failing process exits at once, without a teardown that could wait for peers stuck in a collective; torchrun
     then stops the others."""

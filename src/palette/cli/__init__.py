@@ -96,9 +96,12 @@ def _message(err: PaletteError, args: argparse.Namespace, parser: argparse.Argum
 def _leave_process_group() -> None:
     """End a launched (torchrun) command that succeeded with ``destroy_process_group``: a process that exits with its
     gloo groups alive (FSDP's device mesh adds one) could abort in their teardown ("terminate called without an active
-    exception", seen in about one in ten two-process FSDP test runs), failing a job whose work was done. A process
-    that failed leaves at once instead: its peers may be waiting in a collective, and a teardown that flushes the
-    group (NCCL's) could wait for them; once it has exited the launcher stops the others."""
+    exception", seen in about one in ten two-process FSDP test runs), failing a job whose work was done. The
+    processes first wait for each other, so none tears its group down while a peer still works: an eval's second
+    process, done with its share while the main one still computed the metrics, once aborted so. A process that
+    failed leaves at once instead: its peers may be waiting in a collective, and a teardown that flushes the group
+    (NCCL's) could wait for them; once it has exited the launcher stops the others."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
