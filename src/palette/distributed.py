@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
+from typing import Any, Callable
 
 import torch
 
@@ -91,6 +92,22 @@ def from_main(value):
     box = [value if torch.distributed.get_rank() == 0 else None]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decided_by_main(decide: Callable[[], Any], main: bool) -> Any:
+    """``decide()`` on the main process (``main``), and its result, or the PaletteError it raised, on every process
+    of the default group (a collective): a decision taken from files is taken once, and an error in taking it stops
+    every process instead of leaving the others waiting."""
+    outcome = None
+    if main:
+        try:
+            outcome = decide()
+        except PaletteError as err:
+            outcome = err
+    outcome = from_main(outcome)
+    if isinstance(outcome, PaletteError):
+        raise outcome
+    return outcome
 
 
 def gather_interleaved(part: list, total: int, main_only: bool = False) -> list | None:

@@ -33,8 +33,9 @@ from torch import nn
 from . import checkpoint as ckpt, run_folder
 from .config import Config, use_channels_last
 from .devices import resolve_device
-from .distributed import check_joined, check_launched_device, check_launcher, from_main, on_cpu, process_group_kwargs
-from .errors import ArgumentError, PaletteError
+from .distributed import (check_joined, check_launched_device, check_launcher, decided_by_main, on_cpu,
+                          process_group_kwargs)
+from .errors import ArgumentError
 from .sharding import full_tensor, load_shards, local, save_shards, shard_network
 
 
@@ -312,14 +313,8 @@ class FullySharded(Strategy):
 
     def _new_checkpoint_folder(self, run_dir: Path, step: int) -> Path:
         """The temporary folder the main process makes for checkpoint ``step``, on every process (or its error)."""
-        folder = None
-        if self.main:
-            try:
-                with run_folder.checkpoint_errors(run_dir, step):
-                    folder = run_folder.new_checkpoint_folder(run_dir, step)
-            except PaletteError as err:
-                folder = err
-        folder = from_main(folder)
-        if isinstance(folder, PaletteError):
-            raise folder
-        return folder
+        def make() -> Path:
+            with run_folder.checkpoint_errors(run_dir, step):
+                return run_folder.new_checkpoint_folder(run_dir, step)
+
+        return decided_by_main(make, self.main)

@@ -32,7 +32,7 @@ from .data_scan import probe_items, scan_images, summarize_scan
 from .devices import configure_cuda
 from .diffusion import NoiseSchedule
 from .distill import build_student, student_levels
-from .distributed import from_main, gather_interleaved
+from .distributed import decided_by_main, gather_interleaved
 from .errors import ArgumentError, PaletteError
 from .loader_workers import loader_batches
 from .model import PaletteModel
@@ -185,21 +185,9 @@ class Trainer:
         return summarize_scan(items, outcomes, cfg.model.image_size, cfg.data.max_bad_fraction, warn=self.main)
 
     def _decided_by_main(self, decide):
-        """``decide()`` on the main process, and its result, or the PaletteError it raised, on every process: what
-        is decided from files is decided once, as processes on several nodes can see a shared folder differently
-        for a while."""
-        if self.world == 1:
-            return decide()
-        outcome = None
-        if self.main:
-            try:
-                outcome = decide()
-            except PaletteError as err:
-                outcome = err
-        outcome = from_main(outcome)
-        if isinstance(outcome, PaletteError):
-            raise outcome
-        return outcome
+        """``decide()`` taken once, by the main process, for all: processes on several nodes can see a shared folder
+        differently for a while."""
+        return decide() if self.world == 1 else decided_by_main(decide, self.main)
 
     def _restore(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint``: its weights, EMA, optimizer state and step."""
